@@ -1,0 +1,428 @@
+"""Stage 2: expression text → SymPy, through a whitelist over Python's ``ast``.
+
+Project files never reach ``eval``, ``sympify`` or ``parse_expr``: we walk the syntax tree
+ourselves and accept only the nodes listed here. Loops (``sum(... for j in range(N))`` and list
+comprehensions) are unrolled at build time, so every index is a concrete integer that we
+bounds-check. Non-smooth functions are lowered to ``Piecewise`` with explicit conditions so that
+their tie rules do not depend on SymPy's argument ordering (see ``docs/semantics.md``).
+"""
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Union
+
+import sympy as sp
+
+from .errors import ProjectError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Array:
+    """A fixed-shape array of scalar SymPy expressions, stored flat in row-major order."""
+
+    shape: tuple[int, ...]
+    items: tuple[sp.Expr, ...]
+
+    def __post_init__(self):
+        assert len(self.items) == math.prod(self.shape)
+
+    def row(self, index: int) -> Union["Array", sp.Expr]:
+        inner = math.prod(self.shape[1:])
+        chunk = self.items[index * inner:(index + 1) * inner]
+        return chunk[0] if len(self.shape) == 1 else Array(self.shape[1:], chunk)
+
+
+Value = Union[sp.Expr, Array, int, bool, sp.logic.boolalg.Boolean]  # Boolean: conditions
+
+
+def _f(func):
+    """``func`` applied without SymPy's automatic evaluation, which queries the (slow)
+    assumption system on every argument; a 2k-parameter model would spend seconds there."""
+    return lambda *args: func(*args, evaluate=False)
+
+
+exp, log, Abs, sign = _f(sp.exp), _f(sp.log), _f(sp.Abs), _f(sp.sign)
+Lt, Le, Gt, Ge = _f(sp.Lt), _f(sp.Le), _f(sp.Gt), _f(sp.Ge)
+
+
+def sigmoid(u: sp.Expr) -> sp.Expr:
+    """Logistic function, split so that neither branch overflows for large |u|."""
+    return sp.Piecewise((1 / (1 + exp(-u)), Ge(u, 0)), (exp(u) / (1 + exp(u)), True))
+
+
+def softplus(u: sp.Expr) -> sp.Expr:
+    """log(1 + e^u), split so that neither branch overflows; derivative is sigmoid(u)."""
+    return sp.Piecewise((u + log(1 + exp(-u)), Gt(u, 0)), (log(1 + exp(u)), True))
+
+
+def relu(u: sp.Expr) -> sp.Expr:
+    """max(u, 0) with relu'(0) = 0."""
+    return sp.Piecewise((u, Gt(u, 0)), (0, True))
+
+
+def maximum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
+    """max(a, b) = a when a >= b: at a tie the gradient goes to the first argument."""
+    return sp.Piecewise((a, Ge(a, b)), (b, True))
+
+
+def minimum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
+    """min(a, b) = a when a <= b: at a tie the gradient goes to the first argument."""
+    return sp.Piecewise((a, Le(a, b)), (b, True))
+
+
+def clip(u: sp.Expr, low: sp.Expr, high: sp.Expr) -> sp.Expr:
+    """u limited to [low, high]; the gradient passes on the closed interval."""
+    return sp.Piecewise((low, Lt(u, low)), (high, Gt(u, high)), (u, True))
+
+
+#: name → (number of arguments or None for "two or more", builder).
+SCALAR_FUNCTIONS: dict[str, tuple[int | None, Callable[..., sp.Expr]]] = {
+    "abs": (1, Abs),
+    "sign": (1, sign),
+    "exp": (1, exp),
+    "log": (1, log),
+    "sqrt": (1, sp.sqrt),
+    "sin": (1, _f(sp.sin)),
+    "cos": (1, _f(sp.cos)),
+    "tan": (1, _f(sp.tan)),
+    "tanh": (1, _f(sp.tanh)),
+    "sigmoid": (1, sigmoid),
+    "softplus": (1, softplus),
+    "relu": (1, relu),
+    "clip": (3, clip),
+}
+SPECIAL_FUNCTIONS = ("max", "min", "where", "sum", "dot")
+FUNCTIONS = tuple(SCALAR_FUNCTIONS) + SPECIAL_FUNCTIONS
+
+_BINARY = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+           ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
+_COMPARE = {ast.Lt: Lt, ast.LtE: Le, ast.Gt: Gt, ast.GtE: Ge,
+            ast.Eq: _f(sp.Eq), ast.NotEq: _f(sp.Ne)}
+_INT_COMPARE = {ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b,
+                ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
+                ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b}
+MAX_UNROLL = 1_000_000
+
+
+def number(value: float | int) -> sp.Expr:
+    """A literal as an exact SymPy number: 2.0 → 2, 0.1 → 1/10 (printed back as 0.1)."""
+    if isinstance(value, int) or float(value).is_integer():
+        return sp.Integer(int(value))
+    return sp.Rational(repr(float(value)))
+
+
+class ExpressionParser:
+    """Parses one expression string against a table of names (symbols, arrays, definitions)."""
+
+    def __init__(self, names: Mapping[str, Value], key: str):
+        self.names = dict(names)
+        self.key = key
+        self.source = ""
+        self.unrolled = 0
+
+    # -- entry point -------------------------------------------------------------------
+    def parse(self, source: str) -> Value:
+        self.source = source
+        try:
+            tree = ast.parse(source.strip(), mode="eval")
+        except SyntaxError as exc:
+            column = (exc.offset or 1)
+            raise ProjectError(f"syntax error in expression at column {column}: "
+                               f"{exc.msg}", key=self.key,
+                               hint="expressions use Python syntax") from None
+        self.source = source.strip()
+        return self.visit(tree.body, {})
+
+    # -- errors ------------------------------------------------------------------------
+    def fail(self, node: ast.AST, message: str, hint: str | None = None) -> ProjectError:
+        segment = ast.get_source_segment(self.source, node) or ""
+        where = f" at column {node.col_offset + 1}" if hasattr(node, "col_offset") else ""
+        text = f"{message}: `{segment}`{where}" if segment else message
+        return ProjectError(text, key=self.key, hint=hint)
+
+    # -- visitor -----------------------------------------------------------------------
+    def visit(self, node: ast.AST, loops: dict[str, int]) -> Value:
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is None:
+            raise self.fail(node, f"{_describe(node)} is not allowed in gradforge expressions",
+                            "use numbers, names, arithmetic, indexing, sum/dot/where and the "
+                            "listed functions")
+        return method(node, loops)
+
+    def visit_Constant(self, node: ast.Constant, loops) -> Value:
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+            raise self.fail(node, "only numeric literals are allowed")
+        if isinstance(node.value, float) and not math.isfinite(node.value):
+            raise self.fail(node, "literal is not finite")
+        return node.value if isinstance(node.value, int) else number(node.value)
+
+    def visit_Name(self, node: ast.Name, loops) -> Value:
+        if node.id in loops:
+            return loops[node.id]
+        if node.id in self.names:
+            return self.names[node.id]
+        if node.id == "pi":
+            return sp.pi
+        if node.id in FUNCTIONS:
+            raise self.fail(node, f"'{node.id}' is a function", f"call it: {node.id}(...)")
+        raise self.fail(node, f"unknown name '{node.id}'",
+                        did_you_mean(node.id, list(self.names) + list(loops))
+                        or "declare it under [parameters], [inputs], [targets], [constants] "
+                           "or [model.definitions]")
+
+    def visit_UnaryOp(self, node: ast.UnaryOp, loops) -> Value:
+        operand = self.visit(node.operand, loops)
+        if isinstance(node.op, ast.USub):
+            return self.elementwise(node, lambda a: -a, operand)
+        if isinstance(node.op, ast.UAdd):
+            return operand
+        if isinstance(node.op, ast.Not):
+            return (not operand) if isinstance(operand, bool) else sp.Not(self.condition(node, operand))
+        raise self.fail(node, "unsupported unary operator")
+
+    def visit_BinOp(self, node: ast.BinOp, loops) -> Value:
+        left = self.visit(node.left, loops)
+        right = self.visit(node.right, loops)
+        if isinstance(node.op, ast.Pow):
+            if _is_int(left) and _is_int(right) and right >= 0:
+                return left ** right
+            return self.elementwise(node, lambda a, b: sp.Pow(_sym(a), _sym(b)), left, right)
+        if type(node.op) in _BINARY:
+            op = _BINARY[type(node.op)]
+            if _is_int(left) and _is_int(right) and not isinstance(node.op, ast.Div):
+                return op(left, right)
+            if isinstance(node.op, ast.Div):
+                return self.elementwise(node, lambda a, b: _sym(a) / _sym(b), left, right)
+            return self.elementwise(node, lambda a, b: op(_sym(a), _sym(b)), left, right)
+        if isinstance(node.op, ast.FloorDiv) and _is_int(left) and _is_int(right):
+            if right == 0:
+                raise self.fail(node, "integer division by zero")
+            return left // right
+        if isinstance(node.op, ast.Mod) and _is_int(left) and _is_int(right):
+            if right == 0:
+                raise self.fail(node, "integer modulo by zero")
+            return left % right
+        raise self.fail(node, f"operator {_describe(node.op)} is not allowed here",
+                        "// and % work on loop-variable integers only")
+
+    def visit_Compare(self, node: ast.Compare, loops) -> Value:
+        values = [self.visit(node.left, loops)] + [self.visit(c, loops) for c in node.comparators]
+        parts = []
+        for op, a, b in zip(node.ops, values, values[1:]):
+            if type(op) not in _COMPARE:
+                raise self.fail(node, "only < <= > >= == != comparisons are allowed")
+            if isinstance(a, Array) or isinstance(b, Array):
+                raise self.fail(node, "comparisons work on scalars")
+            if _is_int(a) and _is_int(b):
+                parts.append(_INT_COMPARE[type(op)](a, b))
+            else:
+                parts.append(_COMPARE[type(op)](_sym(a), _sym(b)))
+        if all(isinstance(p, bool) for p in parts):
+            return all(parts)
+        return sp.And(*parts) if len(parts) > 1 else parts[0]
+
+    def visit_BoolOp(self, node: ast.BoolOp, loops) -> Value:
+        values = [self.visit(v, loops) for v in node.values]
+        if all(isinstance(v, bool) for v in values):
+            return all(values) if isinstance(node.op, ast.And) else any(values)
+        conditions = [self.condition(node, v) for v in values]
+        return sp.And(*conditions) if isinstance(node.op, ast.And) else sp.Or(*conditions)
+
+    def visit_Subscript(self, node: ast.Subscript, loops) -> Value:
+        base = self.visit(node.value, loops)
+        if not isinstance(base, Array):
+            raise self.fail(node, "only arrays can be indexed")
+        index_nodes = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if len(index_nodes) > len(base.shape):
+            raise self.fail(node, f"too many indices for an array of shape {list(base.shape)}")
+        value: Value = base
+        for axis, index_node in enumerate(index_nodes):
+            if isinstance(index_node, ast.Slice):
+                raise self.fail(index_node, "slices are not supported", "index one element")
+            index = self.visit(index_node, loops)
+            if not _is_int(index):
+                raise self.fail(index_node, "an index must be an integer built from literals "
+                                "and loop variables")
+            size = base.shape[axis]
+            if not 0 <= index < size:
+                raise self.fail(node, f"index {index} is out of bounds for axis {axis} of "
+                                f"size {size}", "indices run from 0 to size - 1")
+            value = value.row(index)  # type: ignore[union-attr]
+        return value
+
+    def visit_List(self, node: ast.List, loops) -> Value:
+        return self.stack(node, [self.visit(e, loops) for e in node.elts])
+
+    def visit_ListComp(self, node: ast.ListComp, loops) -> Value:
+        return self.stack(node, [self.visit(node.elt, env)
+                                 for env in self.iterate(node, node.generators, loops)])
+
+    def visit_Call(self, node: ast.Call, loops) -> Value:
+        if not isinstance(node.func, ast.Name):
+            raise self.fail(node, "only calls of the built-in functions are allowed")
+        name = node.func.id
+        if node.keywords:
+            raise self.fail(node, f"{name}() takes no keyword arguments")
+        if name == "sum":
+            return self.call_sum(node, loops)
+        if name == "range":
+            raise self.fail(node, "range() is only allowed in a `for` clause")
+        args = [self.visit(a, loops) for a in node.args]
+        if name == "where":
+            if len(args) != 3:
+                raise self.fail(node, "where() takes 3 arguments: where(condition, a, b)")
+            cond = args[0]
+            if isinstance(cond, bool):
+                return args[1] if cond else args[2]
+            cond = self.condition(node.args[0], cond)
+            return self.elementwise(node, lambda a, b: sp.Piecewise((a, cond), (b, True)),
+                                    args[1], args[2])
+        if name == "dot":
+            if len(args) != 2 or not all(isinstance(a, Array) for a in args) \
+                    or args[0].shape != args[1].shape:
+                raise self.fail(node, "dot() takes two arrays of the same shape")
+            return sp.Add(*[a * b for a, b in zip(args[0].items, args[1].items)])
+        if name in ("max", "min"):
+            if len(args) == 1 and isinstance(args[0], Array):
+                args = list(args[0].items)
+            if len(args) < 2:
+                raise self.fail(node, f"{name}() needs two or more values or one array")
+            fold = maximum if name == "max" else minimum
+            result = args[0]
+            for arg in args[1:]:
+                result = self.elementwise(node, lambda a, b: fold(_sym(a), _sym(b)), result, arg)
+            return result
+        if name in SCALAR_FUNCTIONS:
+            arity, build = SCALAR_FUNCTIONS[name]
+            if len(args) != arity:
+                raise self.fail(node, f"{name}() takes {arity} argument{'s' * (arity > 1)}")
+            return self.elementwise(node, lambda *xs: build(*map(_sym, xs)), *args)
+        raise self.fail(node.func, f"unknown function '{name}'",
+                        did_you_mean(name, FUNCTIONS)
+                        or f"available: {', '.join(sorted(FUNCTIONS))}")
+
+    # -- helpers -----------------------------------------------------------------------
+    def call_sum(self, node: ast.Call, loops) -> Value:
+        if len(node.args) != 1:
+            raise self.fail(node, "sum() takes one generator or array")
+        arg = node.args[0]
+        if isinstance(arg, ast.GeneratorExp):
+            terms = [self.visit(arg.elt, env) for env in self.iterate(arg, arg.generators, loops)]
+            terms = [t.items if isinstance(t, Array) else (t,) for t in terms]
+            if any(len(t) != 1 for t in terms):
+                raise self.fail(node, "sum(... for ...) needs a scalar term")
+            return sp.Add(*[_sym(t[0]) for t in terms])
+        value = self.visit(arg, loops)
+        if not isinstance(value, Array):
+            raise self.fail(node, "sum() of a scalar", "write sum(expr for j in range(N))")
+        return sp.Add(*value.items)
+
+    def iterate(self, node, generators, loops):
+        """Yield the loop-variable environments of nested ``for`` clauses, in order."""
+        def walk(index: int, env: dict[str, int]):
+            if index == len(generators):
+                yield env
+                return
+            gen = generators[index]
+            if getattr(gen, "is_async", 0):
+                raise self.fail(node, "async comprehensions are not allowed")
+            if not isinstance(gen.target, ast.Name):
+                raise self.fail(gen.target, "a loop variable must be a single name")
+            var = gen.target.id
+            if var in self.names or var in FUNCTIONS or var == "pi":
+                raise self.fail(gen.target, f"loop variable '{var}' shadows a model name",
+                                "pick another name, e.g. j or k")
+            for i in self.range_of(gen.iter, env):
+                inner = {**env, var: i}
+                conditions = [self.visit(c, inner) for c in gen.ifs]
+                if not all(isinstance(c, bool) for c in conditions):
+                    raise self.fail(gen.ifs[0], "a comprehension filter must compare loop "
+                                    "variables only")
+                if all(conditions):
+                    yield from walk(index + 1, inner)
+        yield from walk(0, dict(loops))
+
+    def range_of(self, node, loops) -> range:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "range" and not node.keywords and 1 <= len(node.args) <= 3):
+            raise self.fail(node, "a loop must run over range(...)")
+        bounds = [self.visit(a, loops) for a in node.args]
+        if not all(_is_int(b) for b in bounds):
+            raise self.fail(node, "range() bounds must be integers")
+        if len(bounds) == 3 and bounds[2] == 0:
+            raise self.fail(node, "range() step must not be zero")
+        result = range(*bounds)
+        self.unrolled += len(result)
+        if self.unrolled > MAX_UNROLL:
+            raise self.fail(node, f"loops unroll to more than {MAX_UNROLL} terms")
+        return result
+
+    def stack(self, node, values: list[Value]) -> Array:
+        if not values:
+            raise self.fail(node, "an empty array is not allowed")
+        shapes = {v.shape if isinstance(v, Array) else () for v in values}
+        if len(shapes) != 1:
+            raise self.fail(node, "array entries have different shapes")
+        inner = shapes.pop()
+        items: list[sp.Expr] = []
+        for v in values:
+            if is_condition(v):
+                raise self.fail(node, "array entries must be numbers, not conditions")
+            items.extend(v.items if isinstance(v, Array) else (_sym(v),))
+        return Array((len(values),) + inner, tuple(items))
+
+    def condition(self, node, value: Value):
+        if is_condition(value):
+            return sp.true if value is True else sp.false if value is False else value
+        raise self.fail(node, "expected a condition (a comparison such as x > 0)")
+
+    def elementwise(self, node, op, *args: Value) -> Value:
+        arrays = [a for a in args if isinstance(a, Array)]
+        for a in args:
+            if is_condition(a):
+                raise self.fail(node, "a condition cannot be used as a number",
+                                "use where(condition, a, b)")
+        if not arrays:
+            return op(*args)
+        shape = arrays[0].shape
+        if any(a.shape != shape for a in arrays):
+            raise self.fail(node, "arrays of different shapes "
+                            f"({' vs '.join(str(list(a.shape)) for a in arrays)})")
+        columns = [a.items if isinstance(a, Array) else (a,) * len(arrays[0].items) for a in args]
+        return Array(shape, tuple(op(*column) for column in zip(*columns)))
+
+
+def is_condition(value) -> bool:
+    """True for comparisons and their and/or/not combinations (SymPy symbols are Boolean too)."""
+    return isinstance(value, (bool, sp.core.relational.Relational, sp.And, sp.Or, sp.Not,
+                              sp.logic.boolalg.BooleanAtom))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sym(value) -> sp.Expr:
+    return sp.Integer(value) if _is_int(value) else value
+
+
+def _describe(node) -> str:
+    names = {"Lambda": "a lambda", "Attribute": "attribute access", "Dict": "a dict",
+             "Set": "a set", "Starred": "unpacking", "IfExp": "an if-expression",
+             "NamedExpr": "an assignment expression", "JoinedStr": "an f-string",
+             "Mod": "%", "FloorDiv": "//", "MatMult": "@", "BitAnd": "&", "BitOr": "|",
+             "BitXor": "^", "LShift": "<<", "RShift": ">>", "Await": "await",
+             "Yield": "yield", "Tuple": "a tuple", "SetComp": "a set comprehension",
+             "DictComp": "a dict comprehension", "GeneratorExp": "a generator outside sum()"}
+    return names.get(type(node).__name__, type(node).__name__)
+
+
+def referenced_names(source: str) -> set[str]:
+    """Names an expression mentions (loop variables included); for dependency ordering."""
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}

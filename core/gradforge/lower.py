@@ -1,0 +1,85 @@
+"""Stage 5: Model → IR :class:`~gradforge.ir.Program` (derivatives, temporaries, optimizer).
+
+Each kernel is derived independently (prediction only, loss only, loss with gradient,
+regularizer with gradient), so ``predict`` and ``objective`` never pay for the gradient.
+Temporaries are renumbered ``t0, t1, …`` per kernel in the order they are assigned, which keeps
+generated code readable and byte-identical for the same project.
+"""
+from __future__ import annotations
+
+import copy
+
+import sympy as sp
+
+from . import derivative
+from .ir import Assignment, Constant, Field, Kernel, Parameter, Program, Training
+from .model import Model, build_model
+from .optimizers import build_optimizer
+from .project import ProjectSpec
+
+
+def _kernel(line: derivative.StraightLine, names: list[str], namer,
+            gradient_offset: int | None = None) -> Kernel:
+    """Wrap straight-line code as a Kernel, renaming generated temporaries to t0, t1, …"""
+    rename: dict[sp.Symbol, sp.Symbol] = {}
+    local = copy.deepcopy(namer)
+    counter = 0
+    for symbol, _ in line.assignments:
+        if symbol in line.temporaries:
+            while True:
+                candidate = f"t{counter}"
+                counter += 1
+                if candidate not in local.taken:
+                    break
+            local.taken.add(candidate)
+            rename[symbol] = sp.Symbol(candidate, real=True)
+    body = tuple(Assignment(rename.get(s, s), derivative.substitute(e, rename))
+                 for s, e in line.assignments)
+    outputs = [derivative.substitute(e, rename) for e in line.outputs]
+    named = tuple(zip(names, outputs[:len(names)]))
+    gradient = ()
+    if gradient_offset is not None:
+        gradient = tuple((i, g) for i, g in enumerate(outputs[len(names):]) if g != 0)
+    return Kernel(body, named, gradient)
+
+
+def lower(model: Model) -> Program:
+    """Derive every kernel of ``model`` and assemble the program."""
+    spec = model.spec
+    theta = model.parameter_symbols
+    namer = model.namer
+
+    def fresh():
+        return copy.deepcopy(namer)
+
+    predict = _kernel(derivative.evaluate(model.lets, [model.prediction], fresh()),
+                      ["prediction"], namer)
+    loss = _kernel(derivative.evaluate(model.lets, [model.loss], fresh()), ["loss"], namer)
+    loss_grad = _kernel(derivative.gradient(model.lets, model.loss, theta, fresh()),
+                        ["loss"], namer, gradient_offset=0)
+    regularizer = None
+    if model.regularization is not None:
+        regularizer = _kernel(derivative.gradient((), model.regularization, theta, fresh()),
+                              ["value"], namer, gradient_offset=0)
+
+    offset = 0
+    parameters = []
+    for p_spec, p in zip(spec.parameters, model.parameters):
+        parameters.append(Parameter(p.name, p.shape, offset, p_spec.init, p.symbols))
+        offset += len(p.symbols)
+    inputs = tuple(Field(f.name, "input", f.shape, f.symbols) for f in model.inputs)
+    targets = tuple(Field(f.name, "target", f.shape, f.symbols) for f in model.targets)
+    constants = tuple(Constant(c.name, c.default, s) for c, s in model.constants)
+    t = spec.training
+    return Program(
+        name=spec.name, precision=spec.precision, parameters=tuple(parameters),
+        inputs=inputs, targets=targets, constants=constants, reduction=spec.model.reduction,
+        predict=predict, loss=loss, loss_and_gradient=loss_grad, regularizer=regularizer,
+        optimizer=build_optimizer(t, fresh()),
+        training=Training(t.epochs, t.batch_size, t.seed),
+        source=spec.path.name if spec.path else None)
+
+
+def compile_project(spec: ProjectSpec) -> Program:
+    """ProjectSpec → Program: the whole front half of the pipeline."""
+    return lower(build_model(spec))

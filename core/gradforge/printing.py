@@ -1,0 +1,198 @@
+"""Expression printing shared by backends: typed literals and a C-family printer base.
+
+SymPy's ``C99CodePrinter`` is the base (as the field notes recommend) but three of its defaults
+break typed code: ``x**2`` becomes ``pow(x, 2)``, ``1/2`` becomes ``1.0/2.0`` (a double even in
+float code), and ``Piecewise`` needs a final ``True`` branch printed as an expression. The
+:class:`CFamilyPrinter` here fixes those once for C, Metal and Swift: literals carry the
+precision's type, small integer powers become products, ``Piecewise`` is a nested conditional,
+and every symbol is printed through a name table so that backends escape reserved words
+consistently.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from typing import Mapping
+
+import sympy as sp
+from sympy.printing.c import C99CodePrinter
+
+from .errors import BackendError
+
+#: Largest |n| for which x**n is printed as a product instead of a call to pow.
+MAX_EXPANDED_POWER = 8
+
+
+def float32_round(value: float) -> float:
+    """``value`` rounded to the nearest IEEE single."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def shortest_repr(value: float, precision: str) -> str:
+    """Shortest decimal that rounds back to the same float64 (or float32) value."""
+    if not math.isfinite(value):
+        raise BackendError(f"non-finite constant {value} in generated code")
+    if precision == "float64":
+        text = repr(float(value))
+    else:
+        target = float32_round(value)
+        text = repr(target)
+        for digits in range(1, 10):
+            candidate = f"{target:.{digits}g}"
+            if float32_round(float(candidate)) == target:
+                text = candidate
+                break
+    if "e" not in text and "." not in text and "inf" not in text and "nan" not in text:
+        text += ".0"
+    if "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+class CFamilyPrinter(C99CodePrinter):
+    """C-syntax printer for one precision; subclasses adjust names and literal spelling.
+
+    Settings: ``precision`` ("float32"/"float64"), ``names`` (symbol name → printed text),
+    ``literal_suffix`` (e.g. "f" for C float), ``function_names`` (SymPy function → name),
+    ``sign_function`` (helper implementing sign with sign(0) = 0).
+    """
+
+    _default_settings = dict(C99CodePrinter._default_settings, precision="float64",
+                             names={}, literal_suffix="", function_names={},
+                             sign_function="gf_sign", pow_function="pow")
+
+    def __init__(self, settings=None):
+        super().__init__(settings or {})
+        self.precision = self._settings["precision"]
+        self.names: Mapping[str, str] = self._settings["names"]
+
+    # -- leaves ------------------------------------------------------------------------
+    def _print_Symbol(self, expr):
+        return self.names.get(expr.name, expr.name)
+
+    def literal(self, value: float) -> str:
+        return shortest_repr(value, self.precision) + self._settings["literal_suffix"]
+
+    def _print_Integer(self, expr):
+        return self.literal(float(int(expr)))
+
+    def _print_Rational(self, expr):
+        return self.literal(float(expr.p) / float(expr.q))
+
+    def _print_Float(self, expr):
+        return self.literal(float(expr))
+
+    def _print_NumberSymbol(self, expr):
+        return self.literal(float(expr))
+
+    _print_Pi = _print_NumberSymbol
+    _print_Exp1 = _print_NumberSymbol
+
+    def _print_Half(self, expr):
+        return self.literal(0.5)
+
+    _print_One = _print_Integer
+    _print_Zero = _print_Integer
+    _print_NegativeOne = _print_Integer
+
+    def _print_BooleanTrue(self, expr):
+        return "true"
+
+    def _print_BooleanFalse(self, expr):
+        return "false"
+
+    # -- operators ---------------------------------------------------------------------
+    def call(self, name: str, *args: str) -> str:
+        mapped = self._settings["function_names"].get(name, name)
+        return f"{mapped}({', '.join(args)})"
+
+    def _print_Pow(self, expr):
+        base, exp = expr.args
+        if exp.is_Integer and 0 < abs(int(exp)) <= MAX_EXPANDED_POWER:
+            n = abs(int(exp))
+            factor = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"] + 1)
+            product = "*".join([factor] * n)
+            if int(exp) > 0:
+                return product if n == 1 else product
+            return f"{self.literal(1.0)}/({product})" if n > 1 else f"{self.literal(1.0)}/{factor}"
+        if exp == sp.Rational(1, 2):
+            return self.call("sqrt", self._print(base))
+        if exp == -sp.Rational(1, 2):
+            return f"{self.literal(1.0)}/{self.call('sqrt', self._print(base))}"
+        return self.call(self._settings["pow_function"], self._print(base), self._print(exp))
+
+    def parenthesize(self, item, level, strict=False):
+        if getattr(item, "is_Number", False) and item >= 0:
+            return self._print(item)          # a literal never needs parentheses
+        return super().parenthesize(item, level, strict)
+
+    def _print_Mul(self, expr):
+        coeff, rest = expr.as_coeff_Mul()
+        if coeff.is_Rational and not coeff.is_Integer and abs(coeff.p) == 1 and rest != 1:
+            # x/3 rather than 0.333…*x: exact and readable
+            sign = "-" if coeff.p < 0 else ""
+            body = self.parenthesize(rest, sp.printing.precedence.PRECEDENCE["Mul"] - 1)
+            return f"{sign}{body}/{self.literal(float(coeff.q))}"
+        return super()._print_Mul(expr)
+
+    def _print_sign(self, expr):
+        return f"{self._settings['sign_function']}({self._print(expr.args[0])})"
+
+    def _print_Abs(self, expr):
+        return self.call("fabs", self._print(expr.args[0]))
+
+    def _print_Function(self, expr):
+        name = expr.func.__name__
+        if name in ("exp", "log", "sin", "cos", "tan", "tanh"):
+            return self.call(name, *[self._print(a) for a in expr.args])
+        raise BackendError(f"cannot print function {name}")
+
+    _print_exp = _print_log = _print_sin = _print_cos = _print_tan = _print_tanh = \
+        _print_Function
+
+    def _print_Piecewise(self, expr):
+        pairs = list(expr.args)
+        if pairs[-1][1] != sp.true:
+            raise BackendError(f"Piecewise without a default branch: {expr}")
+        text = self._print(pairs[-1][0])
+        for value, cond in reversed(pairs[:-1]):
+            text = f"({self._print(cond)} ? {self._print(value)} : {text})"
+        return text
+
+    def _print_Relational(self, expr):
+        ops = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+        return f"{self._print(expr.lhs)} {ops[expr.rel_op]} {self._print(expr.rhs)}"
+
+    def _print_And(self, expr):
+        return "(" + " && ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " || ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"!({self._print(expr.args[0])})"
+
+    def emptyPrinter(self, expr):  # noqa: N802 - SymPy's name
+        raise BackendError(f"cannot print {type(expr).__name__}: {expr}")
+
+
+def safe_names(names, reserved) -> dict[str, str]:
+    """Map each IR name to an identifier that is not ``reserved`` and stays unique.
+
+    Clashing names get ``_`` appended until free — the same rule everywhere in a file, so a
+    parameter called ``in`` is ``in_`` in its declaration, its uses and its documentation.
+    """
+    names = sorted(set(names))
+    taken = set(names) | set(reserved)
+    mapping: dict[str, str] = {}
+    for name in names:
+        if name in reserved:
+            candidate = name + "_"
+            while candidate in taken:
+                candidate += "_"
+            taken.add(candidate)
+            mapping[name] = candidate
+        else:
+            mapping[name] = name
+    return mapping

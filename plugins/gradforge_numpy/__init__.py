@@ -1,0 +1,1 @@
+"""gradforge's NumPy backend: an importable module, vectorized over the sample axis."""

@@ -1,0 +1,179 @@
+"""The NumPy backend plugin: config, emission and an in-process runner."""
+from __future__ import annotations
+
+import importlib.util
+import keyword
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import sympy as sp
+
+import gradforge
+from gradforge.backend import Backend, Case, Result, Toolchain
+from gradforge.errors import ToolchainError
+from gradforge.ir import Kernel, Program, check_vocabulary
+from gradforge.printing import safe_names, shortest_repr
+from gradforge.rendering import render
+from gradforge.writer import header_text
+
+from .printer import GradforgeNumPyPrinter
+
+#: Names the generated module uses itself; user names that collide are renamed.
+RESERVED = set(keyword.kwlist) | set(dir(__builtins__) if isinstance(__builtins__, dict)
+                                     else dir(__builtins__)) | {
+    "numpy", "theta", "d", "c", "n", "grad", "h", "state", "DTYPE", "NUM_PARAMS", "value",
+}
+
+
+def _shape_tuple(shape) -> str:
+    return "()" if not shape else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    description = "NumPy module vectorized over samples (prototyping, reference)"
+    comment_prefix = "#"
+
+    def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
+        check_vocabulary(program, backend=self.name)
+        names = safe_names(program.symbol_names(), RESERVED)
+        printer = GradforgeNumPyPrinter({"names": names})
+        leaf = program.leaf_kind()
+
+        def load_lines(kernel: Kernel) -> list[str]:
+            used = kernel.free_symbols()
+            lines = []
+            for p in program.parameters:
+                for i, s in enumerate(p.symbols):
+                    if s in used:
+                        lines.append(f"{names[s.name]} = theta[{p.offset + i}]")
+            for f in program.fields:
+                for i, s in enumerate(f.symbols):
+                    if s in used:
+                        lines.append(f'{names[s.name]} = d["{f.name}"][:, {i}]')
+            for k in program.constants:
+                if k.symbol in used:
+                    lines.append(f'{names[k.symbol.name]} = c["{k.name}"]')
+            unknown = sorted(s.name for s in used if s not in leaf)
+            assert not unknown, unknown
+            return lines
+
+        def body(kernel: Kernel) -> list[str]:
+            return [f"{names[a.target.name]} = {printer.doprint(a.expr)}" for a in kernel.body]
+
+        def has_piecewise(kernel: Kernel) -> bool:
+            return any(e.has(sp.Piecewise) for e in kernel.expressions())
+
+        kernels = []
+        for label, kernel in program.kernels():
+            lines = load_lines(kernel) + body(kernel)
+            if label == "predict":
+                lines.append(f"return {printer.doprint(kernel.output('prediction'))}")
+                doc = "Per-sample prediction (array of n, or a scalar if it uses no field)."
+            elif label == "loss":
+                lines.append(f"return {printer.doprint(kernel.output('loss'))}")
+                doc = "Per-sample loss."
+            elif label == "loss_and_gradient":
+                lines.append("grad = numpy.zeros(NUM_PARAMS, dtype=DTYPE)")
+                lines += [f"grad[{i}] = _total({printer.doprint(g)}, n)"
+                          for i, g in kernel.gradient]
+                lines.append(f"return _total({printer.doprint(kernel.output('loss'))}, n), grad")
+                doc = "Sum over samples of the loss and of its gradient."
+            else:
+                lines.append("grad = numpy.zeros(NUM_PARAMS, dtype=DTYPE)")
+                lines += [f"grad[{i}] = {printer.doprint(g)}" for i, g in kernel.gradient]
+                lines.append(f"return DTYPE({printer.doprint(kernel.output('value'))}), grad")
+                doc = "Regularization R(θ) and its gradient (no samples involved)."
+            if has_piecewise(kernel):
+                # numpy.where evaluates both branches; the unselected one may overflow
+                lines.insert(0, 'with numpy.errstate(over="ignore", invalid="ignore", '
+                                'divide="ignore"):')
+                lines = [lines[0]] + ["    " + line for line in lines[1:]]
+            kernels.append({"function": f"_{label}", "lines": lines, "doc": doc})
+
+        opt = program.optimizer
+        optimizer = {
+            "kind": opt.kind,
+            "hyper": [{"name": h.name, "default": shortest_repr(h.default, "float64")}
+                      for h in opt.hyperparameters],
+            "hyper_vars": [(h.name, names[h.symbol.name]) for h in opt.hyperparameters],
+            "param": names[opt.param.name],
+            "grad": names[opt.grad.name],
+            "element_state": [s.name for s in opt.element_state],
+            "scalar_state": [(s.name, shortest_repr(v, "float64")) for s, v in opt.scalar_state],
+            "state_vars": [(s.name, names[s.name]) for s in opt.element_state]
+            + [(s.name, names[s.name]) for s, _ in opt.scalar_state],
+            "lines": [f"{names[a.target.name]} = {printer.doprint(a.expr)}"
+                      for a in opt.scalar_update + opt.element_update],
+        }
+        init = [shortest_repr(v, "float64") for p in program.parameters for v in p.init]
+        chunks = [", ".join(init[i:i + 8]) + "," for i in range(0, len(init), 8)]
+        text = render(
+            "gradforge_numpy", "module.py.j2",
+            header=header_text(program.source), name=program.name,
+            precision=program.precision, num_params=program.num_params,
+            parameters=[{"name": p.name, "shape_tuple": _shape_tuple(p.shape),
+                         "offset": p.offset} for p in program.parameters],
+            fields=[{"name": f.name, "shape_tuple": _shape_tuple(f.shape)}
+                    for f in program.fields],
+            constants=[{"name": c.name, "default": shortest_repr(c.default, "float64")}
+                       for c in program.constants],
+            param_summary=", ".join(f"{p.name}{list(p.shape) if p.shape else ''}"
+                                    for p in program.parameters),
+            field_summary=", ".join(f"{f.name}{list(f.shape) if f.shape else ''} ({f.role})"
+                                    for f in program.fields) or "none",
+            reduction=program.reduction, has_regularizer=program.regularizer is not None,
+            kernels=kernels, optimizer=optimizer, init_chunks=chunks,
+            training={"epochs": program.training.epochs,
+                      "batch_size": program.training.batch_size,
+                      "seed": program.training.seed},
+        )
+        return {f"{program.name}.py": text}
+
+    def toolchains(self) -> list[Toolchain]:
+        try:
+            import numpy
+            return [Toolchain("numpy", True, f"numpy {numpy.__version__}")]
+        except ImportError:
+            return [Toolchain("numpy", False, "pip install numpy")]
+
+    def run(self, program: Program, options: Mapping[str, Any], cases: Sequence[Case],
+            workdir: Path) -> list[Result]:
+        if not self.toolchains()[0].available:
+            raise ToolchainError("numpy is not installed (pip install numpy)")
+        import numpy as np
+        files = self.emit(program, options)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (path := workdir / f"{program.name}.py").write_text(files[path.name], encoding="utf-8")
+        module = load_module(path, f"_gradforge_verify_{program.name}_{id(workdir)}")
+        results = []
+        for case in cases:
+            params = module.unflatten(np.array(case.params))
+            data = {f.name: np.array(case.data[f.name]).reshape((case.n,) + f.shape)
+                    for f in program.fields}
+            value, grads = module.value_and_grad(params, data, case.constants)
+            grad = module.flatten(grads)
+            pred = module.predict(params, data, case.constants)
+            state = module.init_optimizer_state()
+            stepped = module.optimizer_step(module.flatten(params), grad, state)
+            results.append(Result(float(value), tuple(map(float, grad)),
+                                  tuple(map(float, pred)), tuple(map(float, stepped))))
+        return results
+
+
+def load_module(path: Path, name: str):
+    """Import a generated module from a file path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    return module
+
+
+@gradforge.hookimpl
+def gradforge_backends():
+    return [NumpyBackend()]
