@@ -1,0 +1,456 @@
+"""The C backend plugin: a C99 header + source (libm only) and a gcc-built verification harness.
+
+Emitted files (``<name>`` is the project name, ``<NAME>`` its upper-case form):
+
+* ``<name>.h`` — sizes and offsets, the data/constants/optimizer structs and the API;
+* ``<name>.c`` — the implementation: one loop over samples per kernel with the parameter and
+  constant loads hoisted out of it, the regularizer, the optimizer step and the training loop
+  (SplitMix64 + Fisher-Yates batches, the same as every gradforge backend).
+
+``run`` builds ``harness.c`` (in the scratch folder only, never emitted) together with the
+generated source under the strict flags and feeds it the :mod:`gradforge.protocol` cases.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import sympy as sp
+
+import gradforge
+from gradforge.backend import Backend, Case, Result, Toolchain, find_tool, run_tool, write_files
+from gradforge.errors import ToolchainError
+from gradforge.ir import Assignment, Kernel, Program, check_vocabulary
+from gradforge.printing import safe_names, shortest_repr
+from gradforge.protocol import decode_results, encode_cases
+from gradforge.rendering import render
+from gradforge.writer import header_text
+
+from .printer import MATH_FUNCTIONS, GradforgeCPrinter
+
+#: Flags every emitted file must compile cleanly under (the product's promise).
+STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror")
+#: Extra flags for float32 output: no double anywhere, no silent narrowing.
+FLOAT32_FLAGS = ("-Wdouble-promotion", "-Wconversion")
+
+C_KEYWORDS = frozenset("""
+    auto break case char const continue default do double else enum extern float for goto if
+    inline int long register restrict return short signed sizeof static struct switch typedef
+    union unsigned void volatile while
+    alignas alignof bool constexpr false nullptr static_assert thread_local true typeof
+    typeof_unqual
+""".split())
+
+#: A header may be included from C++ (it has extern "C"), so its names avoid C++ keywords.
+CXX_KEYWORDS = frozenset("""
+    and and_eq asm bitand bitor catch char8_t char16_t char32_t class compl concept const_cast
+    consteval constinit co_await co_return co_yield decltype delete dynamic_cast explicit export
+    friend mutable namespace new noexcept not not_eq operator or or_eq private protected public
+    reinterpret_cast requires static_cast template this throw try typeid typename using virtual
+    wchar_t xor xor_eq
+""".split())
+
+#: Types, macros and objects of the headers the generated code and its users include.
+LIBRARY_NAMES = frozenset("""
+    NULL EOF BUFSIZ FILENAME_MAX FOPEN_MAX TMP_MAX L_tmpnam SEEK_SET SEEK_CUR SEEK_END
+    EXIT_SUCCESS EXIT_FAILURE RAND_MAX MB_CUR_MAX stdin stdout stderr errno assert offsetof
+    size_t ptrdiff_t max_align_t FILE
+    int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_t uint64_t intptr_t uintptr_t
+    intmax_t uintmax_t INT8_MIN INT16_MIN INT32_MIN INT64_MIN INT8_MAX INT16_MAX INT32_MAX
+    INT64_MAX UINT8_MAX UINT16_MAX UINT32_MAX UINT64_MAX SIZE_MAX PTRDIFF_MIN PTRDIFF_MAX
+    INT8_C INT16_C INT32_C INT64_C UINT8_C UINT16_C UINT32_C UINT64_C INTMAX_C UINTMAX_C
+    INFINITY NAN HUGE_VAL HUGE_VALF HUGE_VALL FP_NAN FP_INFINITE FP_ZERO FP_SUBNORMAL FP_NORMAL
+    FP_FAST_FMA FP_FAST_FMAF FP_ILOGB0 FP_ILOGBNAN MATH_ERRNO MATH_ERREXCEPT math_errhandling
+    float_t double_t
+    M_E M_LOG2E M_LOG10E M_LN2 M_LN10 M_PI M_PI_2 M_PI_4 M_1_PI M_2_PI M_2_SQRTPI M_SQRT2
+    M_SQRT1_2
+""".split())
+
+#: Identifiers the generated functions use themselves (locals, arguments, helpers, members).
+INTERNAL_NAMES = frozenset("""
+    params d c grad out n i j k s index count total value scale opt epoch epochs batch_size
+    seed rng state z u start defaults batch_grad gradforge_unused gf_sign gf_splitmix64
+""".split())
+
+
+def c_type(precision: str) -> str:
+    return "float" if precision == "float32" else "double"
+
+
+def _live(kernel: Kernel, roots: Iterable[sp.Expr]) -> list[Assignment]:
+    """The body assignments ``roots`` need, in order (dead ones would warn as unused)."""
+    needed: set[sp.Symbol] = set()
+    for expr in roots:
+        needed |= expr.free_symbols
+    kept = []
+    for assignment in reversed(kernel.body):
+        if assignment.target in needed:
+            kept.append(assignment)
+            needed |= assignment.expr.free_symbols
+    return kept[::-1]
+
+
+def _split_invariant(body: list[Assignment], field_symbols: set[sp.Symbol]
+                     ) -> tuple[list[Assignment], list[Assignment]]:
+    """(assignments that depend on no field — computed once, before the loop; the rest)."""
+    varying = set(field_symbols)
+    before, inside = [], []
+    for assignment in body:
+        if assignment.expr.free_symbols & varying:
+            varying.add(assignment.target)
+            inside.append(assignment)
+        else:
+            before.append(assignment)
+    return before, inside
+
+
+class _Emitter:
+    """Builds the text of one program's files (kept separate from the plugin object)."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        self.prefix = program.name
+        self.upper = program.name.upper()
+        self.T = c_type(program.precision)
+        self.fields = program.fields
+        pool = set(program.symbol_names())
+        pool |= {f.name for f in self.fields} | {c.name for c in program.constants}
+        pool |= {c.symbol.name for c in program.constants}
+        self.names = safe_names(pool, self.reserved())
+        self.printer = GradforgeCPrinter({"precision": program.precision, "names": self.names,
+                                          "sign_function": "gf_sign"})
+        self.leaf = program.leaf_kind()
+        self.field_symbols = {s for f in self.fields for s in f.symbols}
+        self.uses_sign = False
+
+    # -- names -------------------------------------------------------------------------
+    def reserved(self) -> set[str]:
+        p, u = self.prefix, self.upper
+        own = {f"{p}_{suffix}" for suffix in (
+            "data", "constants", "optimizer", "default_constants", "init_params", "objective",
+            "value_and_grad", "value_and_grad_indexed", "predict", "optimizer_init",
+            "optimizer_reset", "optimizer_step", "train", "sum_loss", "sum_loss_and_grad",
+            "regularizer", "defaults", "initial_params")}
+        own |= {f"{u}_{suffix}" for suffix in (
+            "NUM_PARAMS", "DEFAULT_CONSTANTS", "DEFAULT_EPOCHS", "DEFAULT_BATCH_SIZE",
+            "DEFAULT_SEED", "H")}
+        own |= {f"GRADFORGE_{u}_H"}
+        own |= {f"{u}_OFFSET_{q.name}" for q in self.program.parameters}
+        own |= {f"{u}_SIZE_{q.name}" for q in self.program.parameters}
+        own |= {f"{u}_SIZE_{f.name}" for f in self.fields}
+        own |= {self.data_pointer_raw(f.name) for f in self.fields}
+        return set(C_KEYWORDS | CXX_KEYWORDS | LIBRARY_NAMES | INTERNAL_NAMES | MATH_FUNCTIONS
+                   | own)
+
+    @staticmethod
+    def data_pointer_raw(field_name: str) -> str:
+        return f"data_{field_name}"
+
+    def name(self, symbol_or_name) -> str:
+        key = symbol_or_name.name if isinstance(symbol_or_name, sp.Symbol) else symbol_or_name
+        return self.names[key]
+
+    def expr(self, expr: sp.Expr) -> str:
+        if expr.has(sp.sign):
+            self.uses_sign = True
+        return self.printer.doprint(expr)
+
+    def literal(self, value: float) -> str:
+        return shortest_repr(value, self.program.precision) + (
+            "f" if self.program.precision == "float32" else "")
+
+    # -- kernel pieces -----------------------------------------------------------------
+    def hoisted_loads(self, used: set[sp.Symbol]) -> list[str]:
+        """Parameter and constant loads (once per call) and field base pointers."""
+        T = self.T
+        lines = []
+        for p in self.program.parameters:
+            for i, s in enumerate(p.symbols):
+                if s in used:
+                    lines.append(f"const {T} {self.name(s)} = params[{p.offset + i}];")
+        for c in self.program.constants:
+            if c.symbol in used:
+                lines.append(f"const {T} {self.name(c.symbol)} = c->{self.name(c.symbol)};")
+        for f in self.fields:
+            if any(s in used for s in f.symbols):
+                pointer = self.data_pointer_raw(f.name)
+                lines.append(f"const {T} *const {pointer} = d->{self.name(f.name)};")
+        return lines
+
+    def sample_loads(self, used: set[sp.Symbol]) -> list[str]:
+        """Field element loads for sample ``s`` (inside the loop)."""
+        lines = []
+        for f in self.fields:
+            pointer = self.data_pointer_raw(f.name)
+            for i, s in enumerate(f.symbols):
+                if s in used:
+                    if f.size == 1:
+                        where = "s"
+                    else:
+                        where = f"{f.size} * s" + (f" + {i}" if i else "")
+                    lines.append(f"const {self.T} {self.name(s)} = {pointer}[{where}];")
+        return lines
+
+    def assignments(self, body: Sequence[Assignment]) -> list[str]:
+        return [f"const {self.T} {self.name(a.target)} = {self.expr(a.expr)};" for a in body]
+
+    def kernel_parts(self, kernel: Kernel, roots: list[sp.Expr]) -> dict[str, Any]:
+        """Split a per-sample kernel into hoisted code and the per-sample loop body."""
+        body = _live(kernel, roots)
+        before, inside = _split_invariant(body, self.field_symbols)
+        used: set[sp.Symbol] = set()
+        for expr in roots + [a.expr for a in body]:
+            used |= expr.free_symbols
+        used = {s for s in used if s in self.leaf}
+        kinds = {self.leaf[s][0] for s in used}
+        return {
+            "uses_params": "param" in kinds,
+            "uses_constants": "constant" in kinds,
+            "hoisted": self.hoisted_loads(used) + self.assignments(before),
+            "loads": self.sample_loads(used),
+            "body": self.assignments(inside),
+        }
+
+    def per_sample_functions(self) -> list[dict[str, Any]]:
+        prog = self.program
+        functions = []
+        loss = prog.loss.output("loss")
+        parts = self.kernel_parts(prog.loss, [loss])
+        parts.update(name=f"{self.prefix}_sum_loss", kind="loss", ops=prog.loss.op_count(),
+                     accumulate=[f"total += {self.expr(loss)};"])
+        functions.append(parts)
+
+        kernel = prog.loss_and_gradient
+        loss = kernel.output("loss")
+        roots = [loss] + [g for _, g in kernel.gradient]
+        parts = self.kernel_parts(kernel, roots)
+        parts.update(name=f"{self.prefix}_sum_loss_and_grad", kind="loss_and_grad",
+                     ops=kernel.op_count(),
+                     accumulate=[f"total += {self.expr(loss)};"]
+                     + [f"grad[{i}] += {self.expr(g)};" for i, g in kernel.gradient])
+        functions.append(parts)
+
+        prediction = prog.predict.output("prediction")
+        parts = self.kernel_parts(prog.predict, [prediction])
+        parts.update(name=f"{self.prefix}_predict", kind="predict", ops=prog.predict.op_count(),
+                     accumulate=[f"out[s] = {self.expr(prediction)};"])
+        functions.append(parts)
+        return functions
+
+    def regularizer(self) -> dict[str, Any] | None:
+        kernel = self.program.regularizer
+        if kernel is None:
+            return None
+        value = kernel.output("value")
+        roots = [value] + [g for _, g in kernel.gradient]
+        body = _live(kernel, roots)
+        used: set[sp.Symbol] = set()
+        for expr in roots + [a.expr for a in body]:
+            used |= expr.free_symbols
+        used = {s for s in used if s in self.leaf}
+        kinds = {self.leaf[s][0] for s in used}
+        return {
+            "uses_params": "param" in kinds,
+            "uses_constants": "constant" in kinds,
+            "lines": self.hoisted_loads(used) + self.assignments(body),
+            "value": self.expr(value),
+            "gradient": [f"grad[{i}] += {self.expr(g)};" for i, g in kernel.gradient],
+            "ops": kernel.op_count(),
+        }
+
+    def optimizer(self) -> dict[str, Any]:
+        opt = self.program.optimizer
+        T = self.T
+        state = {s for s in opt.element_state}
+        scalar_state = {s for s, _ in opt.scalar_state}
+        hyper = [(self.name(h.symbol), self.literal(h.default), h.name, h.default)
+                 for h in opt.hyperparameters]
+        scalar_lines = [f"const {T} {self.name(h.symbol)} = opt->{self.name(h.symbol)};"
+                        for h in opt.hyperparameters]
+        scalar_lines += [f"{T} {self.name(s)} = opt->{self.name(s)};" for s, _ in opt.scalar_state]
+        counts: dict[sp.Symbol, int] = {}
+        for a in opt.scalar_update + opt.element_update:
+            counts[a.target] = counts.get(a.target, 0) + 1
+        declared: set[sp.Symbol] = set(scalar_state)
+
+        def assign(a: Assignment) -> str:
+            target = self.name(a.target)
+            if a.target in declared or a.target in state or a.target == opt.param:
+                return f"{target} = {self.expr(a.expr)};"
+            declared.add(a.target)
+            qualifier = "const " if counts[a.target] == 1 else ""
+            return f"{qualifier}{T} {target} = {self.expr(a.expr)};"
+
+        scalar_lines += [assign(a) for a in opt.scalar_update]
+        written = {a.target for a in opt.scalar_update}
+        scalar_lines += [f"opt->{self.name(s)} = {self.name(s)};"
+                         for s, _ in opt.scalar_state if s in written]
+        element_assigned = {a.target for a in opt.element_update}
+        element_lines = [f"{'' if opt.param in element_assigned else 'const '}{T} "
+                         f"{self.name(opt.param)} = params[k];",
+                         f"const {T} {self.name(opt.grad)} = grad[k];"]
+        element_lines += [f"{T} {self.name(s)} = opt->{self.name(s)}[k];"
+                          for s in opt.element_state]
+        element_lines += [assign(a) for a in opt.element_update]
+        element_lines += [f"opt->{self.name(s)}[k] = {self.name(s)};"
+                          for s in opt.element_state if s in element_assigned]
+        if opt.param in element_assigned:
+            element_lines.append(f"params[k] = {self.name(opt.param)};")
+        reads_hyper = set()
+        for a in opt.scalar_update + opt.element_update:
+            reads_hyper |= a.expr.free_symbols
+        # hyper-parameters nobody reads would warn as unused variables
+        scalar_lines = [line for line, h in zip(scalar_lines, opt.hyperparameters)
+                        if h.symbol in reads_hyper] + scalar_lines[len(opt.hyperparameters):]
+        return {
+            "kind": opt.kind,
+            "hyper": [{"member": m, "default": lit, "name": n, "doc": shortest_repr(v, "float64")}
+                      for m, lit, n, v in hyper],
+            "scalar_state": [{"member": self.name(s), "init": self.literal(v)}
+                             for s, v in opt.scalar_state],
+            "element_state": [self.name(s) for s in opt.element_state],
+            "scalar_lines": scalar_lines,
+            "element_lines": element_lines,
+        }
+
+    def context(self) -> dict[str, Any]:
+        prog = self.program
+        functions = self.per_sample_functions()
+        regularizer = self.regularizer()
+        optimizer = self.optimizer()
+        init = [self.literal(v) for p in prog.parameters for v in p.init]
+        init_rows = [", ".join(init[i:i + 6]) + ("," if i + 6 < len(init) else "")
+                     for i in range(0, len(init), 6)]
+        shape = lambda s: "".join(f"[{d}]" for d in s)  # noqa: E731
+        constants = [{"member": self.name(c.symbol), "name": c.name,
+                      "default": self.literal(c.default),
+                      "doc": shortest_repr(c.default, "float64")} for c in prog.constants]
+        return {
+            "header": header_text(prog.source),
+            "source": Path(prog.source).name if prog.source else None,
+            "prefix": self.prefix, "upper": self.upper, "T": self.T,
+            "precision": prog.precision, "reduction": prog.reduction,
+            "num_params": prog.num_params,
+            "parameters": [{"name": p.name, "shape": shape(p.shape), "offset": p.offset,
+                            "size": p.size} for p in prog.parameters],
+            "fields": [{"name": f.name, "member": self.name(f.name), "role": f.role,
+                        "shape": shape(f.shape), "size": f.size,
+                        "per_sample": "n" if f.size == 1 else f"n x {f.size}"}
+                       for f in self.fields],
+            "constants": constants,
+            "functions": functions,
+            "regularizer": regularizer,
+            "optimizer": optimizer,
+            "init_rows": init_rows,
+            "training": {"epochs": prog.training.epochs,
+                         "batch_size": prog.training.batch_size,
+                         "seed": prog.training.seed},
+            "uses_sign": self.uses_sign,
+            "zero": self.literal(0.0), "one": self.literal(1.0),
+        }
+
+
+def emit_files(program: Program) -> dict[str, str]:
+    """``{<name>.h: …, <name>.c: …}`` for ``program`` (pure, deterministic)."""
+    check_vocabulary(program, backend="c")
+    context = _Emitter(program).context()
+    return {
+        f"{program.name}.h": render("gradforge_c", "header.h.j2", **context),
+        f"{program.name}.c": render("gradforge_c", "source.c.j2", **context),
+    }
+
+
+def _harness_context(program: Program) -> dict[str, Any]:
+    emitter = _Emitter(program)
+    return dict(header=header_text(program.source), prefix=emitter.prefix,
+                upper=emitter.upper, T=emitter.T,
+                fields=[{"member": emitter.name(f.name), "size": f.size}
+                        for f in program.fields],
+                constants=[emitter.name(c.symbol) for c in program.constants])
+
+
+def harness_text(program: Program) -> str:
+    """The verification ``main`` (protocol on stdin/stdout); lives in the scratch folder only."""
+    return render("gradforge_c", "harness.c.j2", **_harness_context(program))
+
+
+def trainer_text(program: Program) -> str:
+    """A ``main`` that runs ``<name>_train`` on data read from stdin (tests, benchmarks)."""
+    return render("gradforge_c", "trainer.c.j2", **_harness_context(program))
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What the trainer harness reported."""
+
+    status: int
+    objective_before: float
+    value_before: float           # J from value_and_grad (must equal objective_before)
+    objective_after: float
+    params: tuple[float, ...]
+    seconds: float                # CPU time of <name>_train alone
+
+
+def compile_flags(precision: str) -> list[str]:
+    return [*STRICT_FLAGS, *(FLOAT32_FLAGS if precision == "float32" else ())]
+
+
+class CBackend(Backend):
+    name = "c"
+    description = "C99 header + source, libm only (objective, gradient, optimizer, training loop)"
+    comment_prefix = "/*"
+
+    def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
+        return emit_files(program)
+
+    def toolchains(self) -> list[Toolchain]:
+        return [find_tool("gcc", hint="install gcc (e.g. apt-get install gcc)")]
+
+    def build(self, program: Program, workdir: Path,
+              extra_sources: Mapping[str, str] | None = None, optimize: str = "-O2") -> Path:
+        """Emit into ``workdir`` with a ``main`` (the protocol harness unless ``extra_sources``
+        gives another), compile with the strict flags; returns the binary's path."""
+        if not self.toolchains()[0].available:
+            raise ToolchainError("gcc not found (install gcc to build the C backend's output)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        mains = dict(extra_sources or {"harness.c": harness_text(program)})
+        files = {**emit_files(program), **mains}
+        write_files(workdir, files)
+        sources = sorted(rel for rel in files if rel.endswith(".c"))
+        binary = workdir / Path(sorted(mains)[0]).stem
+        run_tool(["gcc", optimize, *compile_flags(program.precision), "-o", str(binary),
+                  *sources, "-lm"], cwd=workdir)
+        return binary
+
+    def train(self, program: Program, data: Mapping[str, Sequence[Sequence[float]]],
+              workdir: Path, epochs: int | None = None, batch_size: int | None = None,
+              seed: int | None = None, optimize: str = "-O2") -> TrainingRun:
+        """Build the trainer harness and run ``<name>_train`` on ``data`` ({field: rows})."""
+        t = program.training
+        epochs = t.epochs if epochs is None else epochs
+        batch_size = t.batch_size if batch_size is None else batch_size
+        seed = t.seed if seed is None else seed
+        binary = self.build(program, Path(workdir), {"trainer.c": trainer_text(program)},
+                            optimize=optimize)
+        n = len(data[program.fields[0].name]) if program.fields else 0
+        lines = [f"{n} {epochs} {batch_size} {seed}"]
+        lines += [" ".join(repr(float(v)) for row in data[f.name] for v in row)
+                  for f in program.fields]
+        values = run_tool([str(binary)], cwd=workdir, stdin="\n".join(lines) + "\n").split()
+        p = program.num_params
+        if len(values) != 5 + p:
+            raise ToolchainError(f"trainer printed {len(values)} values, expected {5 + p}")
+        return TrainingRun(int(values[0]), float(values[1]), float(values[2]), float(values[3]),
+                           tuple(map(float, values[4:4 + p])), float(values[4 + p]))
+
+    def run(self, program: Program, options: Mapping[str, Any], cases: Sequence[Case],
+            workdir: Path) -> list[Result]:
+        binary = self.build(program, Path(workdir))
+        output = run_tool([str(binary)], cwd=workdir, stdin=encode_cases(program, cases))
+        return decode_results(program, cases, output)
+
+
+@gradforge.hookimpl
+def gradforge_backends():
+    return [CBackend()]
