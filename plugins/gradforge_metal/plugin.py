@@ -65,10 +65,16 @@ GENERATED = {
 
 
 def upper_camel(name: str) -> str:
-    """``my_model`` → ``MyModel``, ``huber`` → ``Huber`` (Swift type names)."""
-    parts = [p for p in re.split(r"[^0-9A-Za-z]+", name) if p]
-    text = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
-    return text if not text[0].isdigit() else "Model" + text
+    """``my_model`` → ``MyModel``, ``huber`` → ``Huber`` (the Swift backend's rule, so the
+    Metal target ``HuberMetal`` sits beside its library target ``Huber``)."""
+    parts = [p for p in name.split("_") if p]
+    return "".join(p[0].upper() + p[1:] for p in parts) or "Model"
+
+
+def lower_camel(name: str) -> str:
+    """``learning_rate`` → ``learningRate`` (Swift property names)."""
+    camel = upper_camel(name)
+    return camel[0].lower() + camel[1:]
 
 
 # ------------------------------------------------------------------------ straight-line code
@@ -385,6 +391,9 @@ class MetalBackend(Backend):
             scalars = {"args": args, "lines": lines}
 
         # descriptions ------------------------------------------------------------------
+        hyper_swift = {h.name: lower_camel(h.name) for h in opt.hyperparameters}
+        if len(set(hyper_swift.values())) != len(hyper_swift):
+            hyper_swift = {h.name: h.name for h in opt.hyperparameters}
         name_table = names
         swift_module = upper_camel(program.name) + "Metal"
         params_doc = [{"name": p.name, "shape": list(p.shape), "offset": p.offset,
@@ -416,7 +425,7 @@ class MetalBackend(Backend):
                            "swift": swift_name(c.name)} for c in program.constants],
             "hyper": [{"name": h.name, "member": name_table[h.symbol.name],
                        "default": shortest_repr(h.default, "float32"),
-                       "swift": swift_name(h.name)} for h in opt.hyperparameters],
+                       "swift": swift_name(hyper_swift[h.name])} for h in opt.hyperparameters],
             "optimizer": opt.kind,
             "states": [{"name": s.name, "buffer": state_buffers[s.name],
                         "index": index[state_buffers[s.name]]} for s in states],
