@@ -219,6 +219,8 @@ def substitute(expr, subst: dict) -> sp.Expr:
         return sp.Piecewise(*[(substitute(e, subst), substitute(c, subst)) for e, c in expr.args],
                             evaluate=False)
     args = [substitute(a, subst) for a in expr.args]
+    if isinstance(expr, sp.Pow) and isinstance(args[0], sp.Piecewise):
+        return sp.Pow(*args, evaluate=False)     # no distribution into the branches
     if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)):
         return expr.func(*args)
     return expr.func(*args, evaluate=False)

@@ -44,37 +44,49 @@ def _f(func):
 
 
 exp, log, Abs, sign = _f(sp.exp), _f(sp.log), _f(sp.Abs), _f(sp.sign)
+
+
+def Piecewise(*pairs):  # noqa: N802 - mirrors sympy.Piecewise
+    """``sympy.Piecewise`` without evaluation: SymPy would otherwise fold nested Piecewise
+    operands of conditions into ``ITE`` trees that no backend can print."""
+    return sp.Piecewise(*pairs, evaluate=False)
 Lt, Le, Gt, Ge = _f(sp.Lt), _f(sp.Le), _f(sp.Gt), _f(sp.Ge)
+
+
+def power(base: sp.Expr, exponent: sp.Expr) -> sp.Expr:
+    """base**exponent; a Piecewise base stays a power (SymPy would distribute into branches
+    and re-evaluate their conditions, producing unprintable ``zoo`` comparisons)."""
+    return sp.Pow(base, exponent, evaluate=not base.has(sp.Piecewise))
 
 
 def sigmoid(u: sp.Expr) -> sp.Expr:
     """Logistic function, split so that neither branch overflows for large |u|."""
-    return sp.Piecewise((1 / (1 + exp(-u)), Ge(u, 0)), (exp(u) / (1 + exp(u)), True))
+    return Piecewise((1 / (1 + exp(-u)), Ge(u, 0)), (exp(u) / (1 + exp(u)), True))
 
 
 def softplus(u: sp.Expr) -> sp.Expr:
     """log(1 + e^u), split so that neither branch overflows; derivative is sigmoid(u)."""
-    return sp.Piecewise((u + log(1 + exp(-u)), Gt(u, 0)), (log(1 + exp(u)), True))
+    return Piecewise((u + log(1 + exp(-u)), Gt(u, 0)), (log(1 + exp(u)), True))
 
 
 def relu(u: sp.Expr) -> sp.Expr:
     """max(u, 0) with relu'(0) = 0."""
-    return sp.Piecewise((u, Gt(u, 0)), (0, True))
+    return Piecewise((u, Gt(u, 0)), (0, True))
 
 
 def maximum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
     """max(a, b) = a when a >= b: at a tie the gradient goes to the first argument."""
-    return sp.Piecewise((a, Ge(a, b)), (b, True))
+    return Piecewise((a, Ge(a, b)), (b, True))
 
 
 def minimum(a: sp.Expr, b: sp.Expr) -> sp.Expr:
     """min(a, b) = a when a <= b: at a tie the gradient goes to the first argument."""
-    return sp.Piecewise((a, Le(a, b)), (b, True))
+    return Piecewise((a, Le(a, b)), (b, True))
 
 
 def clip(u: sp.Expr, low: sp.Expr, high: sp.Expr) -> sp.Expr:
     """u limited to [low, high]; the gradient passes on the closed interval."""
-    return sp.Piecewise((low, Lt(u, low)), (high, Gt(u, high)), (u, True))
+    return Piecewise((low, Lt(u, low)), (high, Gt(u, high)), (u, True))
 
 
 #: name → (number of arguments or None for "two or more", builder).
@@ -94,6 +106,8 @@ SCALAR_FUNCTIONS: dict[str, tuple[int | None, Callable[..., sp.Expr]]] = {
     "clip": (3, clip),
 }
 SPECIAL_FUNCTIONS = ("max", "min", "where", "sum", "dot")
+#: Functions lowered to Piecewise whose conditions mention their arguments.
+CONDITIONAL = frozenset({"max", "min", "clip", "relu", "sigmoid", "softplus"})
 FUNCTIONS = tuple(SCALAR_FUNCTIONS) + SPECIAL_FUNCTIONS
 
 _BINARY = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
@@ -116,9 +130,11 @@ def number(value: float | int) -> sp.Expr:
 class ExpressionParser:
     """Parses one expression string against a table of names (symbols, arrays, definitions)."""
 
-    def __init__(self, names: Mapping[str, Value], key: str):
+    def __init__(self, names: Mapping[str, Value], key: str,
+                 bind: Callable[[sp.Expr], sp.Symbol] | None = None):
         self.names = dict(names)
         self.key = key
+        self.bind = bind
         self.source = ""
         self.unrolled = 0
 
@@ -188,7 +204,7 @@ class ExpressionParser:
         if isinstance(node.op, ast.Pow):
             if _is_int(left) and _is_int(right) and right >= 0:
                 return left ** right
-            return self.elementwise(node, lambda a, b: sp.Pow(_sym(a), _sym(b)), left, right)
+            return self.elementwise(node, lambda a, b: power(_sym(a), _sym(b)), left, right)
         if type(node.op) in _BINARY:
             op = _BINARY[type(node.op)]
             if _is_int(left) and _is_int(right) and not isinstance(node.op, ast.Div):
@@ -215,10 +231,10 @@ class ExpressionParser:
                 raise self.fail(node, "only < <= > >= == != comparisons are allowed")
             if isinstance(a, Array) or isinstance(b, Array):
                 raise self.fail(node, "comparisons work on scalars")
-            if _is_int(a) and _is_int(b):
-                parts.append(_INT_COMPARE[type(op)](a, b))
+            if _is_number(a) and _is_number(b):   # decided now: where(0.5 > 0.1, …)
+                parts.append(bool(_INT_COMPARE[type(op)](_sym(a), _sym(b))))
             else:
-                parts.append(_COMPARE[type(op)](_sym(a), _sym(b)))
+                parts.append(_COMPARE[type(op)](self.guard(_sym(a)), self.guard(_sym(b))))
         if all(isinstance(p, bool) for p in parts):
             return all(parts)
         return sp.And(*parts) if len(parts) > 1 else parts[0]
@@ -270,6 +286,8 @@ class ExpressionParser:
         if name == "range":
             raise self.fail(node, "range() is only allowed in a `for` clause")
         args = [self.visit(a, loops) for a in node.args]
+        if name in CONDITIONAL:
+            args = [self.guard(a) for a in args]
         if name == "where":
             if len(args) != 3:
                 raise self.fail(node, "where() takes 3 arguments: where(condition, a, b)")
@@ -277,7 +295,7 @@ class ExpressionParser:
             if isinstance(cond, bool):
                 return args[1] if cond else args[2]
             cond = self.condition(node.args[0], cond)
-            return self.elementwise(node, lambda a, b: sp.Piecewise((a, cond), (b, True)),
+            return self.elementwise(node, lambda a, b: Piecewise((a, cond), (b, True)),
                                     args[1], args[2])
         if name == "dot":
             if len(args) != 2 or not all(isinstance(a, Array) for a in args) \
@@ -304,6 +322,22 @@ class ExpressionParser:
                         or f"available: {', '.join(sorted(FUNCTIONS))}")
 
     # -- helpers -----------------------------------------------------------------------
+    def guard(self, value):
+        """An operand that will appear inside a condition, made Piecewise-free.
+
+        SymPy folds a ``Piecewise`` inside a condition into ``ITE`` trees (ExprCondPair does
+        ``piecewise_fold``); binding such an operand to a let-symbol first keeps conditions
+        flat, and the value is computed once instead of once per branch.
+        """
+        if isinstance(value, Array):
+            return Array(value.shape, tuple(self.guard(v) for v in value.items))
+        if isinstance(value, sp.Basic) and not value.is_Atom and value.has(sp.Piecewise):
+            if self.bind is None:
+                raise ProjectError("a comparison of a max/min/where result is not supported "
+                                   "here", key=self.key)
+            return self.bind(value)
+        return value
+
     def call_sum(self, node: ast.Call, loops) -> Value:
         if len(node.args) != 1:
             raise self.fail(node, "sum() takes one generator or array")
@@ -398,6 +432,10 @@ def is_condition(value) -> bool:
     """True for comparisons and their and/or/not combinations (SymPy symbols are Boolean too)."""
     return isinstance(value, (bool, sp.core.relational.Relational, sp.And, sp.Or, sp.Not,
                               sp.logic.boolalg.BooleanAtom))
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or (isinstance(value, sp.Basic) and value.is_Number)
 
 
 def _is_int(value) -> bool:

@@ -51,6 +51,9 @@ class Kernel:
     outputs: tuple[tuple[str, sp.Expr], ...]
     #: non-zero gradient entries as (flat parameter index, expression); empty when not derived.
     gradient: tuple[tuple[int, sp.Expr], ...] = ()
+    #: body targets that are generated temporaries (the others are user definitions,
+    #: ``prediction`` and adjoints ``d_<name>`` of those).
+    temporaries: frozenset = frozenset()
 
     def output(self, name: str) -> sp.Expr:
         return dict(self.outputs)[name]

@@ -40,7 +40,7 @@ def _kernel(line: derivative.StraightLine, names: list[str], namer,
     gradient = ()
     if gradient_offset is not None:
         gradient = tuple((i, g) for i, g in enumerate(outputs[len(names):]) if g != 0)
-    return Kernel(body, named, gradient)
+    return Kernel(body, named, gradient, frozenset(rename.values()))
 
 
 def lower(model: Model) -> Program:
@@ -59,7 +59,8 @@ def lower(model: Model) -> Program:
                         ["loss"], namer, gradient_offset=0)
     regularizer = None
     if model.regularization is not None:
-        regularizer = _kernel(derivative.gradient((), model.regularization, theta, fresh()),
+        regularizer = _kernel(derivative.gradient(model.lets_for(model.regularization),
+                                                  model.regularization, theta, fresh()),
                               ["value"], namer, gradient_offset=0)
 
     offset = 0

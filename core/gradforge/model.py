@@ -69,10 +69,11 @@ class Model:
     inputs: tuple[SymbolArray, ...]
     targets: tuple[SymbolArray, ...]
     constants: tuple[tuple[ConstantSpec, sp.Symbol], ...]
-    lets: tuple[tuple[sp.Symbol, sp.Expr], ...]   # definitions (element-wise), then prediction
+    lets: tuple[tuple[sp.Symbol, sp.Expr], ...]   # definitions (element-wise) and prediction,
+                                                  # in dependency order
     prediction: sp.Symbol                         # the let bound to the prediction
     loss: sp.Expr                                 # per-sample loss over lets/fields/params
-    regularization: sp.Expr | None                # parameters and constants only
+    regularization: sp.Expr | None                # over parameters, constants (and their lets)
     namer: Namer
 
     @property
@@ -88,12 +89,10 @@ class Model:
     def constant_symbols(self) -> tuple[sp.Symbol, ...]:
         return tuple(s for _, s in self.constants)
 
-    def inline(self, expr: sp.Expr) -> sp.Expr:
-        """``expr`` with every let replaced by its definition (for reference evaluation)."""
-        mapping: dict[sp.Symbol, sp.Expr] = {}
-        for symbol, value in self.lets:
-            mapping[symbol] = value.xreplace(mapping)
-        return expr.xreplace(mapping)
+    def lets_for(self, expr: sp.Expr) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
+        """The let-bindings ``expr`` needs, in order (inlining them would let SymPy fold
+        Piecewise operands into conditions, so lets stay lets)."""
+        return lets_needed(self.lets, expr)
 
 
 def build_model(spec: ProjectSpec) -> Model:
@@ -118,36 +117,44 @@ def build_model(spec: ProjectSpec) -> Model:
     # `prediction` takes part in dependency ordering like a definition: definitions may use
     # it (e.g. a residual) as long as the prediction does not depend on them in turn.
     lets: list[tuple[sp.Symbol, sp.Expr]] = []
+
+    def bind_operand(expr: sp.Expr) -> sp.Symbol:
+        symbol = namer.symbol(f"pw{len(lets)}")
+        lets.append((symbol, expr))
+        return symbol
+
+    def parser(key: str, table=None) -> ExpressionParser:
+        return ExpressionParser(names if table is None else table, key, bind_operand)
+
     sources = dict(spec.model.definitions)
     sources["prediction"] = spec.model.prediction
     prediction = exact_symbol("prediction")
     for name in _dependency_order(sources):
         if name == "prediction":
-            value = ExpressionParser(names, "model.prediction").parse(sources[name])
+            value = parser("model.prediction").parse(sources[name])
             lets.append((prediction, _scalar(value, "model.prediction")))
             names["prediction"] = prediction
             continue
         key = f"model.definitions.{name}"
-        value = ExpressionParser(names, key).parse(sources[name])
+        value = parser(key).parse(sources[name])
         names[name] = _bind(value, name, namer, lets, key)
 
-    loss = _scalar(ExpressionParser(names, "model.loss").parse(spec.model.loss), "model.loss")
+    loss = _scalar(parser("model.loss").parse(spec.model.loss), "model.loss")
 
     regularization = None
     if spec.model.regularization is not None:
         reg_names = {k: v for k, v in names.items() if k != "prediction"}
-        value = ExpressionParser(reg_names, "model.regularization").parse(
-            spec.model.regularization)
+        value = parser("model.regularization", reg_names).parse(spec.model.regularization)
         regularization = _scalar(value, "model.regularization")
-        model_lets = tuple(lets)
-        inlined = _inline(model_lets, regularization)
+        needed = lets_needed(lets, regularization)
+        leaves = set(regularization.free_symbols).union(*(v.free_symbols for _, v in needed))
+        leaves -= {s for s, _ in needed}
         allowed = {s for p in parameters for s in p.symbols} | {s for _, s in constants}
-        stray = sorted(str(s) for s in inlined.free_symbols - allowed)
+        stray = sorted(str(s) for s in leaves - allowed)
         if stray:
             raise ProjectError(f"regularization may use parameters and constants only, "
                                f"found {', '.join(stray)}", key="model.regularization",
                                hint="move per-sample terms into the loss")
-        regularization = inlined
 
     used = loss.free_symbols | set().union(*(v.free_symbols for _, v in lets))
     if not used & {s for p in parameters for s in p.symbols} and regularization is None:
@@ -184,11 +191,15 @@ def _scalar(value, key: str) -> sp.Expr:
     return sp.Integer(value) if isinstance(value, int) else value
 
 
-def _inline(lets, expr: sp.Expr) -> sp.Expr:
-    mapping: dict[sp.Symbol, sp.Expr] = {}
-    for symbol, value in lets:
-        mapping[symbol] = value.xreplace(mapping)
-    return expr.xreplace(mapping)
+def lets_needed(lets, expr: sp.Expr) -> tuple[tuple[sp.Symbol, sp.Expr], ...]:
+    """The subset of ``lets`` that ``expr`` depends on, transitively, in their order."""
+    wanted = set(expr.free_symbols)
+    needed = []
+    for symbol, value in reversed(lets):
+        if symbol in wanted:
+            needed.append((symbol, value))
+            wanted |= value.free_symbols
+    return tuple(reversed(needed))
 
 
 def _dependency_order(definitions: dict[str, str]) -> list[str]:

@@ -236,6 +236,18 @@ def load_project(path: str | Path) -> ProjectSpec:
         raise err.with_location(file=shown, line=line, column=column)
 
 
+def locate(err: ProjectError, path: Path) -> ProjectError:
+    """Fill in the file and, from its text, the line/column of an error's key."""
+    line = column = None
+    if err.location.key:
+        try:
+            line, column = KeyLocator(Path(path).read_text(encoding="utf-8")).find(
+                err.location.key)
+        except (OSError, UnicodeDecodeError):
+            pass
+    return err.with_location(file=str(path), line=line, column=column)
+
+
 def parse_project(data: Mapping[str, Any], path: Path | None = None) -> ProjectSpec:
     """Validate the decoded TOML tables (or the same shape built in Python)."""
     _check_keys(data, ("project", "parameters", "inputs", "targets", "constants", "model",

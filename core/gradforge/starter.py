@@ -1,0 +1,68 @@
+"""``gradforge init``: a commented starter project that builds as written."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import ProjectError
+
+TEMPLATE = '''\
+# A gradforge project: a model whose loss is summed or averaged over samples, and the
+# backends to generate training code for. Build it with:  gradforge build project.toml
+# Check the generated gradients against a 50-digit reference:  gradforge verify project.toml
+
+[project]
+name = "{name}"            # identifier; file, module and type names derive from it
+precision = "float64"      # "float32" | "float64"
+
+[parameters]               # learned; declaration order = flat parameter-vector order
+a = 0.5                    # a scalar with its initial value
+b = 0.0
+c = 0.0
+# w = {{ shape = [4], init = 0.1 }}     # an array: init is a number or a nested list
+
+[inputs]                   # per-sample fields: scalar {{}} or {{ shape = [...] }}
+x = {{}}
+
+[targets]
+y = {{}}
+
+[constants]                # runtime hyper-parameters, changeable without rebuilding
+scale = 1.0
+
+[model]
+prediction = "a*x**2 + b*x + c"
+loss = "scale*abs(prediction - y)"     # per-sample; may use `prediction`
+# regularization = "1e-3*(a**2 + b**2)" # parameters and constants only
+reduction = "mean"                     # "mean" | "sum" over samples
+
+[model.definitions]        # named intermediates (scalars or [... for k in range(N)] arrays)
+# r = "prediction - y"
+
+[training]
+optimizer = "adam"         # "sgd" | "momentum" (momentum = 0.9) | "adam" (beta1, beta2, epsilon)
+learning_rate = 0.05
+epochs = 100
+batch_size = 16            # 0 = full batch; shuffling is seeded and deterministic
+seed = 0
+
+[backends.numpy]           # one table per backend; `out` defaults to build/<backend>
+[backends.c]
+# [backends.swift]
+# [backends.metal]         # needs precision = "float32"
+'''
+
+
+def write_starter(folder: Path, name: str | None = None) -> Path:
+    """Write ``folder/project.toml``; never overwrites an existing file."""
+    folder = Path(folder)
+    name = name or re.sub(r"[^A-Za-z0-9_]", "_", folder.resolve().name) or "model"
+    if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", name):
+        name = "model"
+    path = folder / "project.toml"
+    if path.exists():
+        raise ProjectError("already exists", file=str(path),
+                           hint="choose another folder or remove the file")
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(TEMPLATE.format(name=name), encoding="utf-8")
+    return path

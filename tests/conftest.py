@@ -1,0 +1,43 @@
+"""Shared fixtures: example projects, toolchain requirements, the plugin registry."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted(p.parent.name for p in (ROOT / "examples").glob("*/project.toml"))
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_tool(tool: str) -> str:
+    """Path of ``tool``; a missing tool fails the test in CI and skips it elsewhere."""
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} not found on PATH"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: toolchains are required)")
+        pytest.skip(message)
+    return path
+
+
+def example_path(name: str) -> Path:
+    return ROOT / "examples" / name / "project.toml"
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from gradforge.plugins import load_registry
+    return load_registry()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow sweeps run only with GRADFORGE_SLOW=1 (or when selected with -m slow)."""
+    if os.environ.get("GRADFORGE_SLOW") == "1" or "slow" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="slow sweep: set GRADFORGE_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

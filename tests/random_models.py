@@ -1,0 +1,76 @@
+"""Random models over the whole expression vocabulary, for conformance and property tests.
+
+Expressions are built as *source text* in gradforge's language (so the parser is exercised
+too) and kept inside each function's domain: log and sqrt see 1 + u², division sees 1 + u²,
+tan sees a value in (-0.9, 0.9), exp sees tanh(u) or -u².
+"""
+from __future__ import annotations
+
+import random
+
+from hypothesis import strategies as st
+
+from gradforge.project import ProjectSpec
+
+PARAMS = {"p": 0.3, "q": -0.7, "w": {"shape": [3], "init": [0.5, -0.25, 0.8]}}
+LEAVES = ["p", "q", "w[0]", "w[1]", "w[2]", "x[0]", "x[1]", "x[2]", "z", "y", "k"]
+
+UNARY = [
+    "abs({})", "sign({})*{}", "exp(tanh({}))", "exp(-({})**2)", "log(1 + ({})**2)",
+    "sqrt(1 + ({})**2)", "sin({})", "cos({})", "tan(0.9*tanh({}))", "tanh({})",
+    "sigmoid({})", "softplus({})", "relu({})", "clip({}, -0.5, 0.75)", "-({})", "({})**3",
+]
+BINARY = [
+    "({}) + ({})", "({}) - ({})", "({}) * ({})", "({}) / (1 + ({})**2)", "max({}, {})",
+    "min({}, {})", "where({} > 0.1, {}, {})", "dot(w, [{}, {}, 1.5])",
+]
+
+
+def _fill(template: str, args: list[str]) -> str:
+    count = template.count("{}")
+    if template.startswith("where"):
+        return template.format(args[0], args[1], args[0] if len(args) < 3 else args[2])
+    if template.startswith("sign"):
+        return template.format(args[0], args[0])
+    return template.format(*(args * count)[:count])
+
+
+def expression_text(rng: random.Random, depth: int) -> str:
+    """A random expression of at most ``depth`` nested operations."""
+    if depth == 0 or rng.random() < 0.2:
+        leaf = rng.choice(LEAVES + ["1.25", "0.5"])
+        return leaf
+    if rng.random() < 0.45:
+        return _fill(rng.choice(UNARY), [expression_text(rng, depth - 1)])
+    return _fill(rng.choice(BINARY), [expression_text(rng, depth - 1),
+                                      expression_text(rng, depth - 1),
+                                      expression_text(rng, depth - 1)])
+
+
+def project_from_text(prediction: str, loss_term: str, name: str = "rnd",
+                      precision: str = "float64", optimizer: str = "adam") -> ProjectSpec:
+    """A project around random expressions; every parameter always influences the loss."""
+    return ProjectSpec.create(
+        name=name, precision=precision, parameters=PARAMS,
+        inputs={"x": {"shape": [3]}, "z": {}}, targets={"y": {}}, constants={"k": 0.8},
+        definitions={"u": f"{loss_term}"},
+        prediction=f"({prediction}) + p*z + q + dot(w, x)",
+        loss="(prediction - y)**2 / 2 + 0.25*u",
+        regularization="0.01*k*(p**2 + dot(w, w))",
+        training={"optimizer": optimizer, "learning_rate": 0.05},
+    )
+
+
+def random_project(seed: int, precision: str = "float64", depth: int = 4) -> ProjectSpec:
+    rng = random.Random(seed)
+    optimizer = ["sgd", "momentum", "adam"][seed % 3]
+    return project_from_text(expression_text(rng, depth), expression_text(rng, depth),
+                             name=f"rnd{seed}", precision=precision, optimizer=optimizer)
+
+
+@st.composite
+def projects(draw, precision: str = "float64"):
+    """Hypothesis strategy: a random project (seeded generator, shrinkable by seed/depth)."""
+    seed = draw(st.integers(min_value=0, max_value=2**32 - 1))
+    depth = draw(st.integers(min_value=1, max_value=4))
+    return random_project(seed, precision, depth)
