@@ -190,6 +190,20 @@ int main(void)
     assert out.split() == ["0", "-1"]
 
 
+@pytest.mark.toolchain
+def test_single_loop_variant_for_large_kernels(gcc, scratch, monkeypatch):
+    """Large kernels get one loop (index ternary) instead of two copies; same numbers."""
+    import gradforge_c.plugin as plugin
+    monkeypatch.setattr(plugin, "DUPLICATE_LOOP_MAX_OPS", 0)
+    spec = spec_for("huber", "float32")
+    program = check_against_reference(spec, scratch / "single_loop")
+    assert "index != NULL ? index[i] : i" in gradforge.emit(program, "c")["huber.c"]
+    data = load_csv("huber", program)
+    run = BACKEND.train(program, data, scratch / "single_loop_train")
+    assert_close(run.params, numpy_train(program, data, scratch / "single_loop_train"), 1e-3,
+                 "trained parameters")
+
+
 # -------------------------------------------------------------------- generated text
 
 @pytest.mark.parametrize("example", EXAMPLES)

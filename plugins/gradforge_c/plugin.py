@@ -21,8 +21,8 @@ import sympy as sp
 import gradforge
 from gradforge.backend import Backend, Case, Result, Toolchain, find_tool, run_tool, write_files
 from gradforge.errors import ToolchainError
-from gradforge.ir import Assignment, Kernel, Program, check_vocabulary
-from gradforge.printing import safe_names, shortest_repr
+from gradforge.ir import Assignment, Kernel, Program, check_vocabulary, walk
+from gradforge.printing import MAX_EXPANDED_POWER, safe_names, shortest_repr
 from gradforge.protocol import decode_results, encode_cases
 from gradforge.rendering import render
 from gradforge.writer import header_text
@@ -78,6 +78,33 @@ def c_type(precision: str) -> str:
     return "float" if precision == "float32" else "double"
 
 
+#: Per-sample kernels up to this many operations get a second, contiguous copy of the loss-and-
+#: gradient loop (vectorizable under -O3 -ffast-math); larger ones keep one loop, since the copy
+#: would double gcc's time on a body that is already long.
+DUPLICATE_LOOP_MAX_OPS = 2000
+
+
+def op_count(exprs: Iterable[sp.Expr]) -> int:
+    """Arithmetic operations, comparisons and calls in ``exprs``, as the C code performs them
+    (x**3 is two multiplications). Linear time, unlike ``sympy.count_ops``."""
+    total = 0
+    for expr in exprs:
+        for node in walk(expr):
+            if isinstance(node, (sp.Add, sp.Mul, sp.And, sp.Or)):
+                total += len(node.args) - 1
+            elif isinstance(node, sp.Pow):
+                exponent = node.args[1]
+                if exponent.is_Integer and 0 < abs(int(exponent)) <= MAX_EXPANDED_POWER:
+                    total += abs(int(exponent)) - 1 + (1 if exponent < 0 else 0)
+                else:
+                    total += 1
+            elif isinstance(node, sp.Piecewise):
+                total += len(node.args) - 1
+            elif isinstance(node, (sp.Function, sp.core.relational.Relational, sp.Not)):
+                total += 1
+    return total
+
+
 def _live(kernel: Kernel, roots: Iterable[sp.Expr]) -> list[Assignment]:
     """The body assignments ``roots`` need, in order (dead ones would warn as unused)."""
     needed: set[sp.Symbol] = set()
@@ -118,8 +145,10 @@ class _Emitter:
         pool |= {f.name for f in self.fields} | {c.name for c in program.constants}
         pool |= {c.symbol.name for c in program.constants}
         self.names = safe_names(pool, self.reserved())
+        # order="none": SymPy's canonical argument order (deterministic, and twice as fast
+        # to print as sorting every sum lexicographically)
         self.printer = GradforgeCPrinter({"precision": program.precision, "names": self.names,
-                                          "sign_function": "gf_sign"})
+                                          "sign_function": "gf_sign", "order": "none"})
         self.leaf = program.leaf_kind()
         self.field_symbols = {s for f in self.fields for s in f.symbols}
         self.uses_sign = False
@@ -204,7 +233,10 @@ class _Emitter:
             used |= expr.free_symbols
         used = {s for s in used if s in self.leaf}
         kinds = {self.leaf[s][0] for s in used}
+        ops = op_count([a.expr for a in inside] + roots)
         return {
+            "ops": ops,
+            "duplicate": ops <= DUPLICATE_LOOP_MAX_OPS,
             "uses_params": "param" in kinds,
             "uses_constants": "constant" in kinds,
             "hoisted": self.hoisted_loads(used) + self.assignments(before),
@@ -217,7 +249,7 @@ class _Emitter:
         functions = []
         loss = prog.loss.output("loss")
         parts = self.kernel_parts(prog.loss, [loss])
-        parts.update(name=f"{self.prefix}_sum_loss", kind="loss", ops=prog.loss.op_count(),
+        parts.update(name=f"{self.prefix}_sum_loss", kind="loss",
                      accumulate=[f"total += {self.expr(loss)};"])
         functions.append(parts)
 
@@ -226,14 +258,13 @@ class _Emitter:
         roots = [loss] + [g for _, g in kernel.gradient]
         parts = self.kernel_parts(kernel, roots)
         parts.update(name=f"{self.prefix}_sum_loss_and_grad", kind="loss_and_grad",
-                     ops=kernel.op_count(),
                      accumulate=[f"total += {self.expr(loss)};"]
                      + [f"grad[{i}] += {self.expr(g)};" for i, g in kernel.gradient])
         functions.append(parts)
 
         prediction = prog.predict.output("prediction")
         parts = self.kernel_parts(prog.predict, [prediction])
-        parts.update(name=f"{self.prefix}_predict", kind="predict", ops=prog.predict.op_count(),
+        parts.update(name=f"{self.prefix}_predict", kind="predict",
                      accumulate=[f"out[s] = {self.expr(prediction)};"])
         functions.append(parts)
         return functions
@@ -256,57 +287,57 @@ class _Emitter:
             "lines": self.hoisted_loads(used) + self.assignments(body),
             "value": self.expr(value),
             "gradient": [f"grad[{i}] += {self.expr(g)};" for i, g in kernel.gradient],
-            "ops": kernel.op_count(),
+            "ops": op_count([a.expr for a in body] + roots),
         }
 
     def optimizer(self) -> dict[str, Any]:
+        """The step: scalar state updated once, then a loop over the flat vector."""
         opt = self.program.optimizer
         T = self.T
-        state = {s for s in opt.element_state}
-        scalar_state = {s for s, _ in opt.scalar_state}
-        hyper = [(self.name(h.symbol), self.literal(h.default), h.name, h.default)
-                 for h in opt.hyperparameters]
-        scalar_lines = [f"const {T} {self.name(h.symbol)} = opt->{self.name(h.symbol)};"
-                        for h in opt.hyperparameters]
-        scalar_lines += [f"{T} {self.name(s)} = opt->{self.name(s)};" for s, _ in opt.scalar_state]
-        counts: dict[sp.Symbol, int] = {}
-        for a in opt.scalar_update + opt.element_update:
-            counts[a.target] = counts.get(a.target, 0) + 1
-        declared: set[sp.Symbol] = set(scalar_state)
+        updates = opt.scalar_update + opt.element_update
+        read: set[sp.Symbol] = set()
+        for a in updates:
+            read |= a.expr.free_symbols
+        assigned_count: dict[sp.Symbol, int] = {}
+        for a in updates:
+            assigned_count[a.target] = assigned_count.get(a.target, 0) + 1
+        storage = {s for s, _ in opt.scalar_state} | set(opt.element_state) | {opt.param}
+        declared: set[sp.Symbol] = set()
 
         def assign(a: Assignment) -> str:
             target = self.name(a.target)
-            if a.target in declared or a.target in state or a.target == opt.param:
+            if a.target in storage or a.target in declared:
                 return f"{target} = {self.expr(a.expr)};"
-            declared.add(a.target)
-            qualifier = "const " if counts[a.target] == 1 else ""
+            declared.add(a.target)         # a temporary: declared where first assigned
+            qualifier = "const " if assigned_count[a.target] == 1 else ""
             return f"{qualifier}{T} {target} = {self.expr(a.expr)};"
 
+        # hyper-parameters nobody reads would be unused variables (-Werror)
+        scalar_lines = [f"const {T} {self.name(h.symbol)} = opt->{self.name(h.symbol)};"
+                        for h in opt.hyperparameters if h.symbol in read]
+        scalar_lines += [f"{T} {self.name(s)} = opt->{self.name(s)};"
+                         for s, _ in opt.scalar_state]
         scalar_lines += [assign(a) for a in opt.scalar_update]
         written = {a.target for a in opt.scalar_update}
         scalar_lines += [f"opt->{self.name(s)} = {self.name(s)};"
                          for s, _ in opt.scalar_state if s in written]
-        element_assigned = {a.target for a in opt.element_update}
-        element_lines = [f"{'' if opt.param in element_assigned else 'const '}{T} "
-                         f"{self.name(opt.param)} = params[k];",
+
+        written = {a.target for a in opt.element_update}
+        param_qualifier = "" if opt.param in written else "const "
+        element_lines = [f"{param_qualifier}{T} {self.name(opt.param)} = params[k];",
                          f"const {T} {self.name(opt.grad)} = grad[k];"]
         element_lines += [f"{T} {self.name(s)} = opt->{self.name(s)}[k];"
                           for s in opt.element_state]
         element_lines += [assign(a) for a in opt.element_update]
         element_lines += [f"opt->{self.name(s)}[k] = {self.name(s)};"
-                          for s in opt.element_state if s in element_assigned]
-        if opt.param in element_assigned:
+                          for s in opt.element_state if s in written]
+        if opt.param in written:
             element_lines.append(f"params[k] = {self.name(opt.param)};")
-        reads_hyper = set()
-        for a in opt.scalar_update + opt.element_update:
-            reads_hyper |= a.expr.free_symbols
-        # hyper-parameters nobody reads would warn as unused variables
-        scalar_lines = [line for line, h in zip(scalar_lines, opt.hyperparameters)
-                        if h.symbol in reads_hyper] + scalar_lines[len(opt.hyperparameters):]
         return {
             "kind": opt.kind,
-            "hyper": [{"member": m, "default": lit, "name": n, "doc": shortest_repr(v, "float64")}
-                      for m, lit, n, v in hyper],
+            "hyper": [{"member": self.name(h.symbol), "default": self.literal(h.default),
+                       "doc": shortest_repr(h.default, "float64")}
+                      for h in opt.hyperparameters],
             "scalar_state": [{"member": self.name(s), "init": self.literal(v)}
                              for s, v in opt.scalar_state],
             "element_state": [self.name(s) for s in opt.element_state],
