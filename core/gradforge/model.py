@@ -156,7 +156,7 @@ def build_model(spec: ProjectSpec) -> Model:
                                f"found {', '.join(stray)}", key="model.regularization",
                                hint="move per-sample terms into the loss")
 
-    used = loss.free_symbols | set().union(*(v.free_symbols for _, v in lets))
+    used = loss.free_symbols.union(*(v.free_symbols for _, v in lets_needed(lets, loss)))
     if not used & {s for p in parameters for s in p.symbols} and regularization is None:
         raise ProjectError("the loss does not depend on any parameter", key="model.loss")
     return Model(spec, parameters, inputs, targets, constants, tuple(lets), prediction, loss,

@@ -1,0 +1,75 @@
+"""Conformance: every registered backend × every example and random models, against the
+independent 50-digit reference (objective, gradient, predictions, one optimizer step).
+
+A backend that only supports float32 (Metal) is checked on the float32 variant of each
+project. Toolchains are required in CI (a missing one fails) and optional elsewhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+
+import gradforge
+from gradforge.errors import BackendError
+from gradforge.reference import Reference
+from gradforge.verification import compare, make_cases
+
+from conftest import EXAMPLES, IN_CI, example_path
+from random_models import random_project
+
+RANDOM_SEEDS = (11, 12)
+SUBJECTS = [f"example:{name}" for name in EXAMPLES] + [f"random:{s}" for s in RANDOM_SEEDS]
+
+
+def _base_spec(subject: str):
+    kind, name = subject.split(":")
+    if kind == "example":
+        return gradforge.load_project(example_path(name))
+    return random_project(int(name), precision="float32" if int(name) % 2 == 0 else "float64")
+
+
+@functools.lru_cache(maxsize=None)
+def _prepared(subject: str, precision: str | None):
+    spec = _base_spec(subject)
+    if precision and spec.precision != precision:
+        spec = dataclasses.replace(spec, precision=precision)
+    cases = make_cases(spec, count=3, samples=(13, 50, 65), seed=1)
+    reference = Reference(spec)
+    return spec, gradforge.compile_project(spec), cases, [reference.expected(c) for c in cases]
+
+
+def _backend_names():
+    from gradforge.plugins import load_registry
+    return sorted(load_registry().backends)
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+@pytest.mark.parametrize("backend_name", _backend_names())
+def test_backend_matches_reference(backend_name, subject, registry, tmp_path):
+    backend = registry.backend(backend_name)
+    missing = [t for t in backend.toolchains() if not t.available]
+    if missing:
+        message = "; ".join(f"{t.name}: {t.detail}" for t in missing)
+        (pytest.fail if IN_CI else pytest.skip)(f"toolchain missing: {message}")
+    spec, program, cases, expected = _prepared(subject, None)
+    try:
+        backend.emit(program, backend.resolve_options({}))
+    except BackendError:
+        if spec.precision == "float32":
+            raise
+        spec, program, cases, expected = _prepared(subject, "float32")
+    results = backend.run(program, backend.resolve_options({}), cases, tmp_path)
+    assert len(results) == len(cases)
+    problems = []
+    for i, (result, want) in enumerate(zip(results, expected)):
+        problems += [f"case {i}: {p}" for p in compare(result, want, program.precision)]
+    assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_reference_derivative_agrees_with_finite_differences(subject):
+    """The reference itself: sympy.diff chain vs 50-digit central differences."""
+    spec, _, cases, _ = _prepared(subject, None)
+    assert Reference(spec).derivative_error(cases[0]) < 1e-15
