@@ -5,10 +5,9 @@
 // (threads per threadgroup : most threadgroups of the reduction); case k uses pair k mod count.
 #pragma once
 
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <string>
-#include <utility>
 #include <vector>
 
 namespace gf_runner {
@@ -18,8 +17,13 @@ struct grid {
     uint max_groups;  // most threadgroups of the reduction kernel
 };
 
-[[noreturn]] inline void fail(const std::string& message) {
-    std::fprintf(stderr, "metal runner: %s\n", message.c_str());
+[[noreturn]] __attribute__((format(printf, 1, 2))) inline void fail(const char* format, ...) {
+    std::va_list args;
+    va_start(args, format);
+    std::fputs("metal runner: ", stderr);
+    std::vfprintf(stderr, format, args);
+    std::fputs("\n", stderr);
+    va_end(args);
     std::exit(2);
 }
 
@@ -30,11 +34,11 @@ inline std::vector<grid> parse_grids(int argc, char** argv, uint capacity) {
         char tail = '\0';
         if (std::sscanf(argv[a], "%lu:%lu%c", &threads, &groups, &tail) != 2 || threads == 0 ||
             groups == 0) {
-            fail(std::string("bad grid '") + argv[a] + "', expected THREADS:GROUPS");
+            fail("bad grid '%s', expected THREADS:GROUPS", argv[a]);
         }
         if (threads > capacity) {
-            fail("threadgroup size " + std::to_string(threads) + " exceeds the kernels' " +
-                 "max_total_threads_per_threadgroup (" + std::to_string(capacity) + ")");
+            fail("threadgroup size %lu exceeds the kernels' max_total_threads_per_threadgroup "
+                 "(%u)", threads, capacity);
         }
         grids.push_back({static_cast<uint>(threads), static_cast<uint>(groups)});
     }

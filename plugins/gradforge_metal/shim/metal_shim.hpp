@@ -19,7 +19,8 @@
 //   pass every runnable thread runs, in a fixed order, until it reaches a threadgroup_barrier or
 //   a simd_sum, or returns. A barrier releases only when every thread of the group is waiting at
 //   the same barrier call (same call site, same count); a simd_sum releases when every live lane
-//   of the simdgroup has reached it. Anything else — a thread returning while others wait at a
+//   of the simdgroup has reached it, one simdgroup per round, so that simdgroups drift apart as
+//   far as the barriers allow (as they may on a GPU). Anything else — a thread returning while others wait at a
 //   barrier, threads waiting at different barriers, a deadlock — aborts with a message.
 //   Before each threadgroup starts, its threadgroup memory is filled with NaN bytes (0xFF), and
 //   the fixed run order (GF_SHIM_ORDER=ascending|descending) makes a missing barrier read
@@ -34,15 +35,12 @@
 // __start_/__stop_ symbols for named sections (GNU ld, gold, lld).
 #pragma once
 
-#include <cerrno>
-#include <cmath>
+#include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <string>
 #include <vector>
 
 #include <sys/mman.h>
@@ -60,25 +58,26 @@ namespace metal {
 enum class mem_flags : unsigned { mem_none = 0, mem_device = 1, mem_threadgroup = 2,
                                   mem_texture = 4 };
 
-inline float exp(float x) { return std::exp(x); }
-inline float log(float x) { return std::log(x); }
-inline float sin(float x) { return std::sin(x); }
-inline float cos(float x) { return std::cos(x); }
-inline float tan(float x) { return std::tan(x); }
-inline float tanh(float x) { return std::tanh(x); }
-inline float sqrt(float x) { return std::sqrt(x); }
-inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
-inline float pow(float x, float y) { return std::pow(x, y); }
-inline float powr(float x, float y) { return std::pow(x, y); }
-inline float fabs(float x) { return std::fabs(x); }
-inline float abs(float x) { return std::fabs(x); }
-inline float fmin(float x, float y) { return std::fmin(x, y); }
-inline float fmax(float x, float y) { return std::fmax(x, y); }
-inline float min(float x, float y) { return std::fmin(x, y); }
-inline float max(float x, float y) { return std::fmax(x, y); }
+// Compiler builtins (the C library's float functions) keep <cmath> out of the build.
+inline float exp(float x) { return __builtin_expf(x); }
+inline float log(float x) { return __builtin_logf(x); }
+inline float sin(float x) { return __builtin_sinf(x); }
+inline float cos(float x) { return __builtin_cosf(x); }
+inline float tan(float x) { return __builtin_tanf(x); }
+inline float tanh(float x) { return __builtin_tanhf(x); }
+inline float sqrt(float x) { return __builtin_sqrtf(x); }
+inline float rsqrt(float x) { return 1.0f / __builtin_sqrtf(x); }
+inline float pow(float x, float y) { return __builtin_powf(x, y); }
+inline float powr(float x, float y) { return __builtin_powf(x, y); }
+inline float fabs(float x) { return __builtin_fabsf(x); }
+inline float abs(float x) { return __builtin_fabsf(x); }
+inline float fmin(float x, float y) { return __builtin_fminf(x, y); }
+inline float fmax(float x, float y) { return __builtin_fmaxf(x, y); }
+inline float min(float x, float y) { return __builtin_fminf(x, y); }
+inline float max(float x, float y) { return __builtin_fmaxf(x, y); }
 inline uint min(uint x, uint y) { return x < y ? x : y; }
 inline uint max(uint x, uint y) { return x > y ? x : y; }
-inline float clamp(float x, float lo, float hi) { return std::fmin(std::fmax(x, lo), hi); }
+inline float clamp(float x, float lo, float hi) { return __builtin_fminf(__builtin_fmaxf(x, lo), hi); }
 inline float select(float a, float b, bool c) { return c ? b : a; }
 /// Metal's sign: 1 for x > 0, -1 for x < 0, 0 for ±0 (and NaN).
 inline float sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
@@ -115,8 +114,14 @@ struct thread_info {
     uint simd_groups;   // [[simdgroups_per_threadgroup]]
 };
 
-[[noreturn]] inline void fatal(const std::string& message) {
-    std::fprintf(stderr, "gf_shim: %s\n", message.c_str());
+/// Reports a violation of Metal's rules (or a shim failure) and exits with status 70.
+[[noreturn]] __attribute__((format(printf, 1, 2))) inline void fatal(const char* format, ...) {
+    std::va_list args;
+    va_start(args, format);
+    std::fputs("gf_shim: ", stderr);
+    std::vfprintf(stderr, format, args);
+    std::fputs("\n", stderr);
+    va_end(args);
     std::fflush(stderr);
     std::_Exit(70);
 }
@@ -126,7 +131,7 @@ inline long env_long(const char* name, long fallback) {
     if (text == nullptr || *text == '\0') return fallback;
     char* end = nullptr;
     long value = std::strtol(text, &end, 10);
-    if (end == text || *end != '\0' || value <= 0) fatal(std::string("bad value for ") + name);
+    if (end == text || *end != '\0' || value <= 0) fatal("bad value for %s", name);
     return value;
 }
 
@@ -153,11 +158,13 @@ struct lane {
 };
 
 struct group_run {
-    const std::function<void(const thread_info&)>* body = nullptr;
+    void (*call)(const void* body, const thread_info& info) = nullptr;
+    const void* body = nullptr;
     std::vector<lane> lanes;
     std::vector<thread_info> infos;
     ucontext_t scheduler;
     uint current = 0;
+    bool descending = false;
 };
 
 inline group_run*& active_group() {
@@ -200,7 +207,7 @@ inline stack_pool& stacks() {
 inline void lane_entry() {
     group_run* group = active_group();
     uint me = group->current;
-    (*group->body)(group->infos[me]);
+    group->call(group->body, group->infos[me]);
     group->lanes[me].state = lane_state::finished;
     // returning resumes uc_link, the scheduler
 }
@@ -213,7 +220,7 @@ inline void yield_to_scheduler() {
 
 inline lane& current_lane(const char* what) {
     group_run* group = active_group();
-    if (group == nullptr) fatal(std::string(what) + " called outside a kernel dispatch");
+    if (group == nullptr) fatal("%s called outside a kernel dispatch", what);
     return group->lanes[group->current];
 }
 
@@ -221,16 +228,18 @@ inline bool same_site(const lane& a, const lane& b) {
     return a.line == b.line && std::strcmp(a.file, b.file) == 0;
 }
 
-inline std::string site_text(const lane& l) {
-    return std::string(l.file) + ":" + std::to_string(l.line);
-}
 
 /// Release the lanes waiting at a simd_sum / barrier when the rules allow; false if none.
+/// Only one simdgroup's simd_sum is released per round (the first ready one in run order), so
+/// that simdgroup runs ahead of the others as far as it can: the largest skew a GPU may show
+/// between simdgroups, which exposes races between them (e.g. a missing barrier between one
+/// simdgroup reading threadgroup memory and another overwriting it).
 inline bool release(group_run& group) {
     const uint size = static_cast<uint>(group.lanes.size());
     const uint width = group.infos.empty() ? 1u : group.infos[0].simd_width;
-    bool released = false;
-    for (uint first = 0; first < size; first += width) {
+    const uint simdgroups = (size + width - 1) / width;
+    for (uint k = 0; k < simdgroups; ++k) {
+        const uint first = (group.descending ? simdgroups - 1 - k : k) * width;
         const uint last = first + width < size ? first + width : size;
         uint at_simd = 0, waiting_elsewhere = 0;
         for (uint t = first; t < last; ++t) {
@@ -245,9 +254,9 @@ inline bool release(group_run& group) {
             if (l.state != lane_state::at_simd) continue;
             if (model == nullptr) model = &l;
             else if (!same_site(l, *model) || l.simds != model->simds) {
-                fatal("lanes of simdgroup " + std::to_string(first / width) +
-                      " are waiting at different simd_sum calls (" + site_text(*model) +
-                      " and " + site_text(l) + "; divergent control flow)");
+                fatal("lanes of simdgroup %u are waiting at different simd_sum calls "
+                      "(%s:%d and %s:%d): divergent control flow", first / width,
+                      model->file, model->line, l.file, l.line);
             }
             total += l.simd_in;   // fixed lane order: deterministic
         }
@@ -257,9 +266,8 @@ inline bool release(group_run& group) {
             l.simd_out = total;
             l.state = lane_state::runnable;
         }
-        released = true;
+        return true;
     }
-    if (released) return true;
     uint at_barrier = 0, finished = 0;
     const lane* model = nullptr;
     for (const lane& l : group.lanes) {
@@ -268,19 +276,17 @@ inline bool release(group_run& group) {
         ++at_barrier;
         if (model == nullptr) model = &l;
         else if (!same_site(l, *model) || l.barriers != model->barriers) {
-            fatal("threads of threadgroup " + std::to_string(group.infos[0].group) +
-                  " are waiting at different threadgroup_barrier calls (" +
-                  site_text(*model) + " call " + std::to_string(model->barriers) + " and " +
-                  site_text(l) + " call " + std::to_string(l.barriers) +
-                  "): a barrier inside divergent control flow");
+            fatal("threads of threadgroup %u are waiting at different threadgroup_barrier "
+                  "calls (%s:%d, call %llu, and %s:%d, call %llu): a barrier inside divergent "
+                  "control flow", group.infos[0].group, model->file, model->line,
+                  model->barriers, l.file, l.line, l.barriers);
         }
     }
     if (at_barrier == 0) return false;
     if (finished != 0) {
-        fatal("threadgroup_barrier at " + site_text(*model) + " reached by " +
-              std::to_string(at_barrier) + " of " + std::to_string(size) +
-              " threads of threadgroup " + std::to_string(group.infos[0].group) +
-              "; the others returned first");
+        fatal("threadgroup_barrier at %s:%d reached by %u of %u threads of threadgroup %u; "
+              "the others returned first", model->file, model->line, at_barrier, size,
+              group.infos[0].group);
     }
     for (lane& l : group.lanes) l.state = lane_state::runnable;
     return true;
@@ -310,16 +316,16 @@ __attribute__((noinline)) inline void resume_lane(group_run& group, uint t) {
     if (swapcontext(&group.scheduler, &group.lanes[t].context) != 0) fatal("swapcontext failed");
 }
 
-/// Run ``body`` as a 1-D grid of ``groups`` threadgroups of ``threads`` threads
-/// (dispatchThreadgroups). ``body`` receives each thread's position arguments.
-inline void dispatch(uint groups, uint threads,
-                     const std::function<void(const thread_info&)>& body) {
+inline void dispatch_impl(uint groups, uint threads,
+                          void (*call)(const void*, const thread_info&), const void* body) {
     if (threads == 0) fatal("dispatch with 0 threads per threadgroup");
     if (active_group() != nullptr) fatal("nested dispatch");
     const uint width = simd_width();
     const bool descending = descending_order();
     group_run group;
-    group.body = &body;
+    group.call = call;
+    group.body = body;
+    group.descending = descending;
     group.lanes.resize(threads);
     group.infos.resize(threads);
     for (uint g = 0; g < groups; ++g) {
@@ -352,13 +358,24 @@ inline void dispatch(uint groups, uint threads,
             for (const lane& l : group.lanes) live += l.state != lane_state::finished;
             if (live == 0) break;
             if (!release(group) && !ran) {
-                fatal("deadlock in threadgroup " + std::to_string(g) +
-                      ": threads wait at a threadgroup_barrier while others wait at a "
-                      "simd_sum");
+                fatal("deadlock in threadgroup %u: threads wait at a threadgroup_barrier "
+                      "while others wait at a simd_sum", g);
             }
         }
         active_group() = nullptr;
     }
+}
+
+/// Run ``body`` as a 1-D grid of ``groups`` threadgroups of ``threads`` threads
+/// (dispatchThreadgroups). ``body(const thread_info&)`` receives each thread's position
+/// arguments and calls the kernel with them.
+template <class Body>
+inline void dispatch(uint groups, uint threads, const Body& body) {
+    dispatch_impl(groups, threads,
+                  [](const void* b, const thread_info& info) {
+                      (*static_cast<const Body*>(b))(info);
+                  },
+                  &body);
 }
 
 }  // namespace gf_shim
