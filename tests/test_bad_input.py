@@ -2,12 +2,17 @@
 no traceback, nothing written, and never code execution from a project file."""
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from gradforge import cli
 
 GOOD = textwrap.dedent('''\
     [project]
@@ -39,15 +44,26 @@ GOOD = textwrap.dedent('''\
     ''')
 
 
-def run_cli(*args, cwd: Path):
-    return subprocess.run([sys.executable, "-m", "gradforge.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+def run_cli(*args, cwd: Path, subprocess_: bool = False):
+    """Run the CLI in-process (fast) or, for end-to-end checks, as a real subprocess."""
+    if subprocess_:
+        return subprocess.run([sys.executable, "-m", "gradforge.cli", *map(str, args)],
+                              cwd=cwd, capture_output=True, text=True, timeout=120)
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([str(a) for a in args])
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-def build_with(tmp_path: Path, text: str):
+def build_with(tmp_path: Path, text: str, subprocess_: bool = False):
     project = tmp_path / "project.toml"
     project.write_text(text)
-    result = run_cli("build", project, cwd=tmp_path)
+    result = run_cli("build", project, cwd=tmp_path, subprocess_=subprocess_)
     return result, project
 
 
@@ -135,7 +151,7 @@ def test_project_text_never_executes(tmp_path):
     marker = tmp_path / "pwned"
     payload = f"__import__('os').system('touch {marker}')"
     text = GOOD.replace('"a + dot(w, x)"', f'"{payload} + a"')
-    result, _ = build_with(tmp_path, text)
+    result, _ = build_with(tmp_path, text, subprocess_=True)   # the real CLI, end to end
     assert_user_error(result, tmp_path, "model.prediction")
     assert not marker.exists()
 

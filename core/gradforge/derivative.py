@@ -162,6 +162,9 @@ def _local_partials(node: sp.Expr, value: sp.Symbol) -> Iterable[tuple[sp.Expr, 
 
 def _times(adjoint: sp.Expr, partial: sp.Expr) -> sp.Expr:
     """adjoint · partial, multiplied into Piecewise branches (a 0-branch stays exactly 0)."""
+    if isinstance(adjoint, sp.Piecewise):
+        return sp.Piecewise(*[(_times(e, partial), c) for e, c in adjoint.args],
+                            evaluate=False)
     if isinstance(partial, sp.Piecewise):
         return sp.Piecewise(*[(adjoint * e, c) for e, c in partial.args], evaluate=False)
     return adjoint * partial
@@ -271,7 +274,12 @@ def gradient(lets: Sequence[Assignment], output: sp.Expr, wrt: Sequence[sp.Symbo
         if not contributions:
             continue
         adjoint = namer.symbol(f"d_{symbol}") if symbol in tape.named else tape.temp()
-        reverse.append((adjoint, sp.Add(*contributions)))
+        value = sp.Add(*contributions)
+        reverse.append((adjoint, value))
+        if isinstance(value, sp.Piecewise):
+            # push later partials into the branches too: a branch whose adjoint is exactly 0
+            # must stay 0 even where the partial is infinite (sqrt at 0 behind a relu)
+            adjoint = value
         if symbol in tape.named and _is_atom(node):
             partials: Iterable = [(node, sp.Integer(1))]
         else:

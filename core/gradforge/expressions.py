@@ -95,7 +95,7 @@ SCALAR_FUNCTIONS: dict[str, tuple[int | None, Callable[..., sp.Expr]]] = {
     "sign": (1, sign),
     "exp": (1, exp),
     "log": (1, log),
-    "sqrt": (1, sp.sqrt),
+    "sqrt": (1, lambda u: power(u, sp.Rational(1, 2))),
     "sin": (1, _f(sp.sin)),
     "cos": (1, _f(sp.cos)),
     "tan": (1, _f(sp.tan)),

@@ -1,0 +1,72 @@
+"""The NumPy module's public API, as the issue fixes it, and the library API without TOML."""
+from __future__ import annotations
+
+import numpy as np
+
+import gradforge
+from gradforge_numpy.plugin import load_module
+
+from conftest import example_path
+
+
+def load(tmp_path, project):
+    program = gradforge.load_program(project) if not isinstance(project, gradforge.ProjectSpec) \
+        else gradforge.compile_project(project)
+    files = gradforge.emit(program, "numpy")
+    (name, text), = files.items()
+    (tmp_path / name).write_text(text)
+    return load_module(tmp_path / name, f"api_{name[:-3]}_{id(tmp_path)}")
+
+
+def read_csv(path):
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    rows = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    columns = {}
+    for i, name in enumerate(header):
+        base = name.split("[")[0]
+        columns.setdefault(base, []).append(rows[:, i])
+    return {k: (v[0] if len(v) == 1 and "[" not in header[[h.split("[")[0] for h in header].index(k)]
+                else np.stack(v, axis=1)) for k, v in columns.items()}
+
+
+def test_numpy_api_shapes_and_training(tmp_path):
+    m = load(tmp_path, example_path("huber"))
+    assert m.PARAMETER_SHAPES == {"w": (4,), "b": ()}
+    params = m.init_params()
+    assert params["w"].shape == (4,) and np.ndim(params["b"]) == 0
+    data = read_csv(example_path("huber").parent / "data.csv")
+    assert data["x"].shape == (80, 4) and data["y"].shape == (80,)
+    value, grads = m.value_and_grad(params, data)
+    assert isinstance(value, float)
+    assert grads["w"].shape == (4,) and np.ndim(grads["b"]) == 0
+    assert abs(value - m.objective(params, data)) <= 1e-12 * abs(value)
+    assert m.predict(params, data).shape == (80,)
+    trained = m.train(params, data)
+    assert m.objective(trained, data) < 0.5 * value
+    again = m.train(params, data)                     # seeded: identical
+    assert all(np.array_equal(trained[k], again[k]) for k in trained)
+    other = m.train(params, data, seed=99, epochs=3, batch_size=0, learning_rate=0.01)
+    assert not np.array_equal(other["w"], trained["w"])
+    assert m.objective(params, data, {"delta": 0.5}) != value
+
+
+def test_every_example_trains_to_a_lower_objective(tmp_path):
+    for name in ("trend", "logistic", "mlp"):
+        m = load(tmp_path, example_path(name))
+        data = read_csv(example_path(name).parent / "data.csv")
+        start = m.objective(m.init_params(), data)
+        assert m.objective(m.train(m.init_params(), data), data) < 0.7 * start, name
+
+
+def test_library_api_without_toml(tmp_path):
+    spec = gradforge.ProjectSpec.create(
+        name="line", parameters={"k": 0.0, "d": 0.0}, inputs={"t": {}}, targets={"s": {}},
+        prediction="k*t + d", loss="(prediction - s)**2", training={"optimizer": "sgd",
+                                                                   "learning_rate": 0.1,
+                                                                   "epochs": 200,
+                                                                   "batch_size": 0})
+    m = load(tmp_path, spec)
+    t = np.linspace(-1, 1, 21)
+    trained = m.train(m.init_params(), {"t": t, "s": 3 * t - 1})
+    assert abs(trained["k"] - 3) < 1e-3 and abs(trained["d"] + 1) < 1e-3

@@ -1,0 +1,322 @@
+"""The Swift backend: the emitted SwiftPM package, its numbers against the independent
+reference, the generated package's own XCTest suite, the CSV trainer, reserved-word escaping
+and determinism.
+
+Every example (plus a float32 variant of a float64 one and a project full of Swift keywords)
+is built once per module with ``swift build -c release -Xswiftc -warnings-as-errors`` through
+the backend's ``run`` and checked on several cases per build; ``swift test`` runs for the trend
+example only (debug builds are slow). Without ``swift`` these tests skip, or fail when CI=true.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import gradforge
+from gradforge.backend import Case
+from gradforge.errors import BackendError, ProjectError
+from gradforge.reference import Reference
+from gradforge.verification import TOLERANCE, compare, make_cases
+from gradforge.writer import MARKER
+
+from conftest import EXAMPLES, ROOT, example_path, require_tool
+
+from gradforge_swift.plugin import SwiftBackend, module_name, swift_build_command, \
+    swiftpm_options
+from gradforge_swift.printer import MAX_TERMS, SwiftPrinter
+
+BACKEND = SwiftBackend()
+
+# A project whose names are Swift keywords, stdlib names or names of the generated API.
+KEYWORDS_PROJECT = """\
+[project]
+name = "swift"
+precision = "float64"
+
+[parameters]
+self = 0.5
+func = { shape = [2], init = [0.1, -0.2] }
+gradient = 0.3
+Type = 0.2
+count = 0.1
+
+[inputs]
+let = { shape = [2] }
+Double = {}
+
+[targets]
+struct = {}
+
+[constants]
+static = 1.5
+flat = 0.01
+
+[model.definitions]
+var = "self*let[0] + func[0]*let[1] + func[1]*Double"
+
+[model]
+prediction = "var + gradient*tanh(Type*Double) + count"
+loss = "where(abs(prediction - struct) <= static, 0.5*(prediction - struct)**2, static*(abs(prediction - struct) - 0.5*static))"
+regularization = "flat*(self**2 + dot(func, func))"
+reduction = "sum"
+
+[training]
+optimizer = "sgd"
+learning_rate = 0.01
+epochs = 3
+batch_size = 4
+seed = 11
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+def spec_for(subject: str, tmp_dir: Path):
+    """``example``, ``example@float32`` or ``keywords`` → ProjectSpec."""
+    if subject == "keywords":
+        path = tmp_dir / "keywords" / "project.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(KEYWORDS_PROJECT, encoding="utf-8")
+        return gradforge.load_project(path)
+    name, _, precision = subject.partition("@")
+    spec = gradforge.load_project(example_path(name))
+    return dataclasses.replace(spec, precision=precision) if precision else spec
+
+
+def swift_run(args: list, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def load_csv(path: Path, program) -> dict[str, tuple[tuple[float, ...], ...]]:
+    """data.csv columns ``name`` or ``name[i]`` grouped per field, in the program's order."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    head, body = rows[0], rows[1:]
+    data = {}
+    for f in program.fields:
+        names = [f.name] if not f.shape else [f"{f.name}[{k}]" for k in range(f.size)]
+        columns = [head.index(n) for n in names]
+        data[f.name] = tuple(tuple(float(row[i]) for i in columns) for row in body)
+    return data
+
+
+def parse_trainer(output: str) -> tuple[float, float, dict[str, list[float]]]:
+    """(initial objective, final objective, {parameter: values}) from `<name>-train`."""
+    initial = float(re.search(r"^initial objective: (\S+)$", output, re.M).group(1))
+    final = float(re.search(r"^final objective: (\S+)$", output, re.M).group(1))
+    block = output.split("trained parameters:\n", 1)[1].split("final objective:", 1)[0]
+    params = {}
+    for line in block.strip().splitlines():
+        name, value = line.split(" = ", 1)
+        params[name] = [float(v) for v in value.strip("[]").split(",")]
+    return initial, final, params
+
+
+# ------------------------------------------------------------------ builds (one each)
+
+SUBJECTS = list(EXAMPLES) + ["huber@float32", "keywords"]
+
+
+@pytest.fixture(scope="module")
+def swift():
+    return require_tool("swift")
+
+
+@pytest.fixture(scope="module")
+def built(swift, tmp_path_factory):
+    """subject → (spec, program, cases, results, workdir); each package is built once."""
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("swift_backend")
+
+    def get(subject: str):
+        if subject not in cache:
+            spec = spec_for(subject, root)
+            program = gradforge.compile_project(spec)
+            cases = make_cases(spec, count=3, samples=(1, 13, 50), seed=3)
+            cases.append(Case(cases[0].params, {f.name: () for f in spec.fields},
+                              cases[0].constants))          # no samples at all
+            workdir = root / subject.replace("@", "_")
+            results = BACKEND.run(program, BACKEND.resolve_options({}), cases, workdir)
+            cache[subject] = (spec, program, cases, results, workdir)
+        return cache[subject]
+    return get
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_numbers_match_reference(built, subject):
+    """Objective, gradient, predictions and one optimizer step vs the 50-digit reference,
+    within 1e-9 (float64) / 1e-4 (float32) relative."""
+    spec, program, cases, results, _ = built(subject)
+    reference = Reference(spec)
+    problems = []
+    for i, (case, result) in enumerate(zip(cases, results)):
+        problems += [f"case {i}: {p}" for p in compare(result, reference.expected(case),
+                                                        program.precision)]
+    assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.toolchain
+def test_generated_package_tests_pass(built):
+    """`swift test` on the emitted package (its XCTest target) for the trend example."""
+    _, program, _, _, workdir = built("trend")
+    package, scratch = workdir / "package", workdir / "swift-build"
+    proc = swift_run(["swift", "test", *swiftpm_options(package, scratch, workdir / "swift-cache"),
+                      "-Xswiftc", "-warnings-as-errors"])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert re.search(r"Executed [1-9]\d* tests?, with 0 failures", proc.stdout + proc.stderr)
+
+
+def build_trainer(program, workdir: Path) -> Path:
+    package, scratch = workdir / "package", workdir / "swift-build"
+    proc = swift_run(swift_build_command(package, scratch, workdir / "swift-cache")
+                     + ["--product", f"{program.name}-train"])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return scratch / "release" / f"{program.name}-train"
+
+
+@pytest.mark.toolchain
+def test_csv_trainer_reduces_objective(built):
+    """`trend-train examples/trend/data.csv`: the objective falls, the printed final objective
+    is the reference objective at the printed parameters, and a rerun prints the same."""
+    spec, program, _, _, workdir = built("trend")
+    trainer = build_trainer(program, workdir)
+    data_csv = ROOT / "examples" / "trend" / "data.csv"
+    first = swift_run([trainer, data_csv])
+    assert first.returncode == 0, first.stderr
+    initial, final, params = parse_trainer(first.stdout)
+    assert final < 0.5 * initial
+    theta = tuple(v for p in program.parameters for v in params[p.name])
+    case = Case(theta, load_csv(data_csv, program), {})
+    want = float(Reference(spec).objective_mp(case))
+    assert abs(final - want) <= TOLERANCE["float64"] * abs(want)
+    assert swift_run([trainer, data_csv]).stdout == first.stdout      # deterministic
+
+
+@pytest.mark.toolchain
+def test_trainer_batches_match_numpy_backend(built):
+    """Same seed, same mini-batches: the Swift trainer ends where the NumPy backend's
+    `train` ends (SplitMix64 + Fisher-Yates, not reseeded per epoch, last batch shorter)."""
+    numpy = pytest.importorskip("numpy")
+    from gradforge_numpy.plugin import load_module
+
+    _, program, _, _, workdir = built("trend")
+    trainer = build_trainer(program, workdir)
+    data_csv = ROOT / "examples" / "trend" / "data.csv"
+    out = swift_run([trainer, data_csv, "--batch-size", "10", "--epochs", "7", "--seed", "99"])
+    assert out.returncode == 0, out.stderr
+    _, _, params = parse_trainer(out.stdout)
+    source = workdir / "trend_numpy.py"
+    source.write_text(gradforge.emit(program, "numpy")["trend.py"], encoding="utf-8")
+    module = load_module(source, "_swift_test_trend_numpy")
+    data = {k: numpy.array(v)[:, 0] for k, v in load_csv(data_csv, program).items()}
+    want = module.train(module.init_params(), data, epochs=7, batch_size=10, seed=99)
+    for name, values in params.items():
+        assert values[0] == pytest.approx(float(want[name]), rel=1e-9, abs=1e-12), name
+
+
+@pytest.mark.toolchain
+def test_keywords_project_compiles_everywhere(built, tmp_path):
+    """Names such as self, func, Type, gradient, count, let, struct are escaped consistently in
+    the library, its tests and the trainer (which reads the original column names)."""
+    spec, program, _, _, workdir = built("keywords")
+    package, scratch = workdir / "package", workdir / "swift-build"
+    proc = swift_run(["swift", "build", *swiftpm_options(package, scratch, workdir / "swift-cache"),
+                      "--target", "SwiftModelTests", "-Xswiftc", "-warnings-as-errors"])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    trainer = build_trainer(program, workdir)
+    rows = ["let[0],let[1],Double,struct"] + [
+        f"{0.1 * k:.2f},{0.3 - 0.05 * k:.2f},{0.02 * k * k:.3f},{1 - 0.1 * k:.2f}"
+        for k in range(9)]
+    data_csv = tmp_path / "keywords.csv"
+    data_csv.write_text("\n".join(rows) + "\n")
+    out = swift_run([trainer, data_csv, "--epochs", "20", "--constant", "static=2"])
+    assert out.returncode == 0, out.stderr
+    initial, final, params = parse_trainer(out.stdout)
+    assert final < initial
+    assert set(params) == {"self_", "func_", "gradient_", "Type_", "count_"}
+    missing = swift_run([trainer, data_csv, "--constant", "nope=1"])
+    assert missing.returncode == 2 and "unknown constant nope" in missing.stderr
+
+
+# --------------------------------------------------------------- no toolchain needed
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_emit_is_deterministic_and_marked(example):
+    program = gradforge.load_program(example_path(example))
+    files = gradforge.emit(program, "swift")
+    assert files == gradforge.emit(gradforge.load_program(example_path(example)), "swift")
+    module = module_name(program, {})
+    assert set(files) == {
+        "Package.swift", f"Sources/{module}/{module}.swift",
+        f"Sources/{module}/{module}Kernels.swift", f"Sources/{module}/{module}Training.swift",
+        f"Sources/{module}Train/main.swift", f"Tests/{module}Tests/{module}Tests.swift"}
+    for rel, text in files.items():
+        assert any(MARKER.search(line) for line in text.splitlines()[:5]), rel
+        assert "Foundation" not in re.sub(r"//.*", "", text), rel
+    package = files["Package.swift"].splitlines()
+    assert package[0] == "// swift-tools-version:5.9"
+    assert MARKER.search(package[1])
+    assert "platforms: [.iOS(.v15), .macOS(.v12)]" in files["Package.swift"]
+    assert "Verify" not in files["Package.swift"]     # the harness lives in run()'s copy only
+    library = files[f"Sources/{module}/{module}Kernels.swift"]
+    assert "#if canImport(Darwin)\nimport Darwin\n#elseif canImport(Glibc)\nimport Glibc\n" \
+           "#elseif canImport(Musl)\nimport Musl\n#endif" in library
+
+
+def test_float32_output_has_no_double():
+    program = gradforge.load_program(example_path("logistic"))
+    assert program.precision == "float32"
+    files = gradforge.emit(program, "swift")
+    for rel, text in files.items():
+        if rel.startswith("Sources/Logistic/"):
+            assert "Double" not in text, rel
+
+
+def test_keywords_are_escaped(tmp_path):
+    spec = spec_for("keywords", tmp_path)
+    files = gradforge.emit(gradforge.compile_project(spec), "swift")
+    library = files["Sources/SwiftModel/SwiftModel.swift"]
+    for name in ("self_", "func_", "gradient_", "Type_", "count_", "let_", "Double_", "struct_",
+                 "static_", "flat_"):
+        assert f"public var {name}:" in library or f"internal(set) var {name}:" in library, name
+    assert not re.search(r"\bvar (self|func|Type|let|struct|static):", library)
+
+
+def test_module_option():
+    program = gradforge.load_program(example_path("trend"))
+    files = gradforge.emit(program, "swift", {"module": "StoryCurve"})
+    assert "Sources/StoryCurve/StoryCurve.swift" in files
+    assert "public struct StoryCurveParameters" in files["Sources/StoryCurve/StoryCurve.swift"]
+    for bad in ("Swift", "not-an-identifier", "struct"):
+        with pytest.raises(ProjectError):
+            gradforge.emit(program, "swift", {"module": bad})
+
+
+def test_long_sums_become_short_typed_statements():
+    import sympy as sp
+    xs = sp.symbols("a0:40", real=True)
+    printer = SwiftPrinter({"scalar": "Double"})
+    lines = printer.statement("let total: Double = ", sp.Add(*[x * x for x in xs]))
+    assert lines[-1].startswith("let total: Double = ")
+    assert all(line.count(" + ") < MAX_TERMS for line in lines)
+    assert all(re.match(r"let _s\d+: Double = ", line) for line in lines[:-1])
+    assert printer.expression(-xs[0] * xs[1]) == "-a0*a1"
+
+
+def test_glued_operators_are_refused():
+    with pytest.raises(BackendError):
+        SwiftPrinter.check("a*-b")
+    SwiftPrinter.check("a*(-b) + 1.0e-8 - c")
+
+
+def test_toolchain_reported():
+    (tool,) = BACKEND.toolchains()
+    assert tool.name == "swift"
