@@ -290,6 +290,18 @@ def test_constants_never_use_math_macros(gcc, scratch):
 
 
 @pytest.mark.toolchain
+def test_power_in_a_denominator(gcc, scratch):
+    """x**2 prints as x*x, so a/(1 + w**2)**2 needs the parentheses SymPy leaves out."""
+    spec = gradforge.ProjectSpec.create(
+        name="denominator", parameters={"a": 0.5, "w": 0.7}, inputs={"x": {}}, targets={"y": {}},
+        prediction="a*x/(1 + w**2)**2 - exp(-(x/(1 + w**2))**2) + 1/(1 + a**2)**3",
+        loss="(prediction - y)**2")
+    for precision in PRECISIONS:
+        spec = dataclasses.replace(spec, precision=precision)
+        check_against_reference(spec, scratch / f"denominator_{precision}", count=2)
+
+
+@pytest.mark.toolchain
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_reserved_words_are_escaped(gcc, scratch, precision):
     """Names that are C/C++ keywords, library macros, or names the generated code uses itself
