@@ -428,3 +428,22 @@ def test_macos_ci_material_typechecks(metal_stub, tmp_path):
     sources = sorted(tmp_path.glob("*/Sources/*/*.swift"))
     subprocess.run([swiftc, "-typecheck", "-I", str(stub), str(tmp_path / "main.swift"),
                     *map(str, sources)], check=True)
+
+
+# ------------------------------------------------------------------------------ benchmark
+
+def test_benchmark_report_counts_every_model():
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "metal_report.py"
+    spec = importlib.util.spec_from_file_location("metal_report", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["metal_report"] = module          # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop("metal_report", None)
+    text = module.report(100.0, 2.6, 1_000_000, 4.0)
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[3:8]}
+    assert set(rows) == {"trend", "huber", "logistic", "mlp", "mlp577"}
+    assert rows["mlp577"][1:3] == ["577", "578"]          # params, accumulators
+    assert rows["trend"][3] == "12"                        # x, y and the order index

@@ -45,7 +45,7 @@ THETA, GRADIENT, OBJECTIVE, PARTIALS, CONSTANTS, BATCH, ORDER, PREDICTIONS, HYPE
     SCALAR_STATE = range(10)
 FIRST_STATE = 10
 MAX_BUFFER_INDEX = 30                  # Metal has 31 buffer argument slots per stage
-THREADGROUP_MEMORY_LIMIT = 32768       # bytes; every Apple GPU family has at least this
+THREADGROUP_MEMORY_LIMIT = 16384       # bytes: Apple3 GPUs (A9/A10, iOS 15) have 16 KiB
 
 #: Threadgroup sizes and group limits the CPU runner cycles through, one per case.
 DEFAULT_GRIDS = ((32, 2), (7, 3), (64, 1), (1, 4))
@@ -271,8 +271,8 @@ class MetalBackend(Backend):
         if scratch * 4 > THREADGROUP_MEMORY_LIMIT:
             raise BackendError(
                 f"the reduction needs {scratch * 4} bytes of threadgroup memory "
-                f"(max_threadgroup_size {capacity} × reduction_width {chunk} × 4) but Metal "
-                f"guarantees {THREADGROUP_MEMORY_LIMIT}: lower backends.metal."
+                f"(max_threadgroup_size {capacity} × reduction_width {chunk} × 4) but the "
+                f"oldest iOS 15 GPUs (A9/A10) have {THREADGROUP_MEMORY_LIMIT}: lower backends.metal."
                 f"max_threadgroup_size or backends.metal.reduction_width")
         used_fields = needed & set(field_src)
         partial_args = leaf_args(needed) + ([batch_arg]) + (
