@@ -122,7 +122,7 @@ def _local_partials(node: sp.Expr, value: sp.Symbol) -> Iterable[tuple[sp.Expr, 
     elif isinstance(node, sp.Mul):
         args = node.args
         for i, arg in enumerate(args):
-            yield arg, sp.Mul(*(args[:i] + args[i + 1:]))
+            yield arg, _product(*(args[:i] + args[i + 1:]))
     elif isinstance(node, sp.Pow):
         base, exp = node.args
         if exp == sp.Rational(1, 2):
@@ -160,14 +160,36 @@ def _local_partials(node: sp.Expr, value: sp.Symbol) -> Iterable[tuple[sp.Expr, 
             raise BackendError(f"no derivative rule for {func}")
 
 
+def _product(*factors: sp.Expr) -> sp.Expr:
+    """Product of factors; a product of plain symbols skips SymPy's (slow) Mul.flatten.
+
+    Most adjoint contributions are ``d·x`` of two symbols: evaluating each of those Muls
+    costs more than the rest of the reverse sweep on a 2k-parameter model.
+    """
+    kept = []
+    for f in factors:
+        if f == 0:
+            return sp.Integer(0)
+        if f != 1:
+            kept.append(f)
+    if not kept:
+        return sp.Integer(1)
+    if len(kept) == 1:
+        return kept[0]
+    if all(f.is_Symbol for f in kept):
+        return sp.Mul(*sorted(kept, key=lambda f: f.name), evaluate=False)
+    return sp.Mul(*kept)
+
+
 def _times(adjoint: sp.Expr, partial: sp.Expr) -> sp.Expr:
     """adjoint · partial, multiplied into Piecewise branches (a 0-branch stays exactly 0)."""
     if isinstance(adjoint, sp.Piecewise):
         return sp.Piecewise(*[(_times(e, partial), c) for e, c in adjoint.args],
                             evaluate=False)
     if isinstance(partial, sp.Piecewise):
-        return sp.Piecewise(*[(adjoint * e, c) for e, c in partial.args], evaluate=False)
-    return adjoint * partial
+        return sp.Piecewise(*[(_product(adjoint, e), c) for e, c in partial.args],
+                            evaluate=False)
+    return _product(adjoint, partial)
 
 
 def _symbols_in(expr) -> list[sp.Symbol]:
@@ -211,19 +233,25 @@ def cleanup(assignments: Sequence[Assignment], outputs: Sequence[sp.Expr],
                         frozenset(s for s, _ in kept if s in temps))
 
 
-def substitute(expr, subst: dict) -> sp.Expr:
+def substitute(expr, subst: dict, evaluate: bool = True) -> sp.Expr:
     """``expr.xreplace(subst)`` that re-evaluates Add/Mul/Pow but never calls a function's or
-    relation's ``eval`` (which asks the slow assumption system about big arguments)."""
+    relation's ``eval`` (which asks the slow assumption system about big arguments).
+    With ``evaluate=False`` nothing is re-evaluated (a pure renaming of symbols)."""
     if expr.is_Symbol:
         return subst.get(expr, expr)
     if _is_atom(expr) or not expr.args:
         return expr
     if isinstance(expr, sp.Piecewise):
-        return sp.Piecewise(*[(substitute(e, subst), substitute(c, subst)) for e, c in expr.args],
-                            evaluate=False)
-    args = [substitute(a, subst) for a in expr.args]
-    if isinstance(expr, sp.Pow) and isinstance(args[0], sp.Piecewise):
-        return sp.Pow(*args, evaluate=False)     # no distribution into the branches
+        pairs = [(substitute(e, subst, evaluate), substitute(c, subst, evaluate))
+                 for e, c in expr.args]
+        if all(e is old.expr and c is old.cond for (e, c), old in zip(pairs, expr.args)):
+            return expr
+        return sp.Piecewise(*pairs, evaluate=False)
+    args = [substitute(a, subst, evaluate) for a in expr.args]
+    if all(new is old for new, old in zip(args, expr.args)):
+        return expr                              # untouched subtree: no rebuild, no eval
+    if not evaluate or (isinstance(expr, sp.Pow) and isinstance(args[0], sp.Piecewise)):
+        return expr.func(*args, evaluate=False)  # (a Piecewise base: no distribution)
     if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)):
         return expr.func(*args)
     return expr.func(*args, evaluate=False)
@@ -259,6 +287,12 @@ def gradient(lets: Sequence[Assignment], output: sp.Expr, wrt: Sequence[sp.Symbo
     evaluating ``output`` itself, whatever the number of parameters.
     """
     tape, (root,) = linearize(lets, [output], namer, prefix)
+    return reverse(tape, root, wrt)
+
+
+def reverse(tape: Tape, root: sp.Expr, wrt: Sequence[sp.Symbol]) -> StraightLine:
+    """The reverse sweep over an existing tape (shared with the forward-only kernels)."""
+    namer = tape.namer
     wrt_set = set(wrt)
     active: set[sp.Expr] = set(wrt_set)
     for symbol, node in tape.assignments:

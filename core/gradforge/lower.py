@@ -33,9 +33,9 @@ def _kernel(line: derivative.StraightLine, names: list[str], namer,
                     break
             local.taken.add(candidate)
             rename[symbol] = sp.Symbol(candidate, real=True)
-    body = tuple(Assignment(rename.get(s, s), derivative.substitute(e, rename))
+    body = tuple(Assignment(rename.get(s, s), derivative.substitute(e, rename, evaluate=False))
                  for s, e in line.assignments)
-    outputs = [derivative.substitute(e, rename) for e in line.outputs]
+    outputs = [derivative.substitute(e, rename, evaluate=False) for e in line.outputs]
     named = tuple(zip(names, outputs[:len(names)]))
     gradient = ()
     if gradient_offset is not None:
@@ -52,11 +52,15 @@ def lower(model: Model) -> Program:
     def fresh():
         return copy.deepcopy(namer)
 
-    predict = _kernel(derivative.evaluate(model.lets, [model.prediction], fresh()),
+    # one forward recording serves the three per-sample kernels (dead code is dropped per kernel)
+    tape, (prediction, loss_atom) = derivative.linearize(
+        model.lets, [model.prediction, model.loss], fresh())
+    predict = _kernel(derivative.cleanup(tape.assignments, [prediction], tape.named, tape.temps),
                       ["prediction"], namer)
-    loss = _kernel(derivative.evaluate(model.lets, [model.loss], fresh()), ["loss"], namer)
-    loss_grad = _kernel(derivative.gradient(model.lets, model.loss, theta, fresh()),
-                        ["loss"], namer, gradient_offset=0)
+    loss = _kernel(derivative.cleanup(tape.assignments, [loss_atom], tape.named, tape.temps),
+                   ["loss"], namer)
+    loss_grad = _kernel(derivative.reverse(tape, loss_atom, theta), ["loss"], namer,
+                        gradient_offset=0)
     regularizer = None
     if model.regularization is not None:
         regularizer = _kernel(derivative.gradient(model.lets_for(model.regularization),

@@ -16,7 +16,7 @@ from gradforge.printing import shortest_repr
 class GradforgeNumPyPrinter(NumPyPrinter):
     """Prints IR expressions as NumPy code over per-sample arrays."""
 
-    _default_settings = dict(NumPyPrinter._default_settings, names={},
+    _default_settings = dict(NumPyPrinter._default_settings, names={}, order="none",
                              fully_qualified_modules=True)
 
     def _print_Symbol(self, expr):
