@@ -206,11 +206,18 @@ class SwiftBackend(Backend):
 
 def swift_build_command(package: Path, scratch: Path, cache: Path,
                         configuration: str = "release") -> list[str]:
-    """``swift build`` with every SwiftPM folder (scratch, cache, config) under our control."""
-    return ["swift", "build", "-c", configuration, "--package-path", str(package),
-            "--scratch-path", str(scratch), "--cache-path", str(cache),
-            "--config-path", str(cache / "config"), "--security-path", str(cache / "security"),
-            "--manifest-cache", "local", "--disable-dependency-cache"]
+    """``swift build`` with every SwiftPM folder (scratch, cache, config) under our control;
+    the generated code must compile without a single warning."""
+    return ["swift", "build", *swiftpm_options(package, scratch, cache),
+            "-c", configuration, "-Xswiftc", "-warnings-as-errors"]
+
+
+def swiftpm_options(package: Path, scratch: Path, cache: Path) -> list[str]:
+    """SwiftPM's global options keeping its scratch, cache and configuration under our folders."""
+    return ["--package-path", str(package), "--scratch-path", str(scratch),
+            "--cache-path", str(cache), "--config-path", str(cache / "config"),
+            "--security-path", str(cache / "security"), "--manifest-cache", "local",
+            "--disable-dependency-cache"]
 
 
 class _Context:

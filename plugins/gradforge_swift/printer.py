@@ -38,6 +38,35 @@ def operator_count(text: str) -> int:
     return len(_OPERATOR.findall(text)) + text.count("(")
 
 
+def _is_operand(text: str) -> bool:
+    """Whether ``text`` is a name, a literal or one call/parenthesized group (safe after ``/``)."""
+    match = re.match(r"[A-Za-z_][A-Za-z0-9_]*|[0-9.]+(?:e[-+]?[0-9]+)?", text)
+    rest = text[match.end():] if match else text
+    if not rest:
+        return True
+    if not rest.startswith("("):
+        return False
+    depth = 0
+    for i, char in enumerate(rest):
+        depth += char == "("
+        depth -= char == ")"
+        if depth == 0:
+            return i == len(rest) - 1
+    return False
+
+
+def _balanced(items: list) -> list[list]:
+    """``items`` in consecutive chunks of at most MAX_TERMS, sizes as equal as possible."""
+    count = -(-len(items) // MAX_TERMS)
+    size, extra = divmod(len(items), count)
+    chunks, start = [], 0
+    for k in range(count):
+        end = start + size + (1 if k < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
+
 class SwiftPrinter(CFamilyPrinter):
     """Prints IR expressions as Swift for one precision.
 
@@ -114,12 +143,30 @@ class SwiftPrinter(CFamilyPrinter):
         if self._sink is None or len(terms) <= MAX_TERMS:
             return super()._print_Add(expr, order=order)
         parts = [self._hoist(super(SwiftPrinter, self)._print_Add(
-                     sp.Add(*terms[i:i + MAX_TERMS], evaluate=False)))
-                 for i in range(0, len(terms), MAX_TERMS)]
+                     sp.Add(*chunk, evaluate=False))) for chunk in _balanced(terms)]
         while len(parts) > MAX_TERMS:
-            parts = [self._hoist(" + ".join(parts[i:i + MAX_TERMS]))
-                     for i in range(0, len(parts), MAX_TERMS)]
+            parts = [self._hoist(" + ".join(chunk)) for chunk in _balanced(parts)]
         return " + ".join(parts)
+
+    def _print_Mul(self, expr):
+        # CFamilyPrinter prints b**2 as the product b*b, but SymPy's _print_Mul still treats a
+        # single denominator as a power and writes it without parentheses: a/(c + 1)**2 would
+        # become a/(c + 1.0)*(c + 1.0). Print every quotient here: numerator/(denominator).
+        factors = sp.Mul.make_args(expr)
+        below = [f for f in factors if f.is_Pow and f.exp.is_Rational and f.exp.is_negative]
+        if not below:
+            return super()._print_Mul(expr)
+        numerator = sp.Mul(*[f for f in factors if f not in below])
+        denominator = sp.Mul(*[sp.Pow(f.base, -f.exp) for f in below])
+        bottom = self._print(denominator)
+        if not _is_operand(bottom):
+            bottom = f"({bottom})"
+        sign = ""
+        if numerator.could_extract_minus_sign():
+            sign, numerator = "-", -numerator
+        if numerator == 1:
+            return f"{sign}{self.literal(1.0)}/{bottom}"
+        return f"{sign}{self.parenthesize(numerator, PRECEDENCE['Mul'])}/{bottom}"
 
     def _print_Relational(self, expr):
         ops = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
