@@ -211,6 +211,22 @@ def test_sparse_gradient_and_parameter_only_terms(built):
     assert problems(spec, cases, BACKEND.run_built(exe, program, cases, GRIDS)) == []
 
 
+def test_metal_and_shim_words_are_escaped(built):
+    spec = ProjectSpec.create(
+        name="names", precision="float32",
+        parameters={"device": 0.5, "sample": 0.2, "half": {"shape": [2], "init": 0.1}},
+        inputs={"kernel": {"shape": [2]}, "order": {}}, targets={"threadgroup": {}},
+        constants={"buffer": 0.7, "float2": 1.5},
+        prediction="device*order + sample + dot(half, kernel)",
+        loss="buffer*(prediction - threadgroup)**2 + float2*abs(sample)",
+        training={"optimizer": "adam"})
+    program, exe, workdir = built.get("names", spec)
+    text = (workdir / "names.metal").read_text()
+    assert "const float device_ = theta[0];" in text and "constants.float2_" in text
+    cases = make_cases(spec, count=4, samples=(50, 65, 13, 1), seed=4)
+    assert problems(spec, cases, BACKEND.run_built(exe, program, cases, GRIDS)) == []
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])     # sgd, momentum, adam
 def test_random_models_match_the_reference(seed, tmp_path):
     require_shim()

@@ -252,6 +252,11 @@ def substitute(expr, subst: dict, evaluate: bool = True) -> sp.Expr:
         return expr                              # untouched subtree: no rebuild, no eval
     if not evaluate or (isinstance(expr, sp.Pow) and isinstance(args[0], sp.Piecewise)):
         return expr.func(*args, evaluate=False)  # (a Piecewise base: no distribution)
+    if isinstance(expr, sp.Add) and len(args) > 4 and not any(
+            a.is_Number or isinstance(a, sp.Add) for a in args):
+        # a long sum of distinct non-constant terms has nothing to combine: skip the costly
+        # flatten/sort (sum over 32 inputs of an MLP layer, once per unit and kernel)
+        return sp.Add(*args, evaluate=False)
     if isinstance(expr, (sp.Add, sp.Mul, sp.Pow)):
         return expr.func(*args)
     return expr.func(*args, evaluate=False)
