@@ -29,7 +29,7 @@ from gradforge.rendering import render
 from gradforge.verification import make_cases
 from gradforge.writer import header_text
 
-from .plugin import MetalBackend, upper_camel, swift_name
+from .plugin import MetalBackend
 
 EXAMPLES = ("huber", "logistic", "mlp", "trend")
 TRAIN_EPOCHS = 3
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["generate", "mlp577_spec", "variants", "main", "upper_camel", "swift_name"]
+__all__ = ["generate", "mlp577_spec", "variants", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,10 +15,10 @@ speaks :mod:`gradforge.protocol`, and runs every kernel over real threadgroups o
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -28,8 +28,8 @@ import sympy as sp
 import gradforge
 from gradforge.backend import (Backend, Case, Option, Result, Toolchain, find_tool, run_tool,
                                write_files)
-from gradforge.errors import BackendError
-from gradforge.ir import Assignment, Kernel, Program, check_vocabulary
+from gradforge.errors import BackendError, ToolchainError
+from gradforge.ir import Assignment, Program, check_vocabulary
 from gradforge.printing import safe_names, shortest_repr
 from gradforge.protocol import decode_results, encode_cases
 from gradforge.rendering import render
@@ -387,7 +387,8 @@ class MetalBackend(Backend):
                       if s in assigned_s]
             args = ([buf("hyper", f"constant {prefix}_hyperparameters& hyper", "hyper")]
                     if needed_s & set(hyper_src) else [])
-            args.append(buf("scalar_state", "device float* scalar_state", "scalar_state.data()"))
+            args.append(buf("scalar_state", "device float* scalar_state",
+                            "scalar_state.data()"))
             scalars = {"args": args, "lines": lines}
 
         # descriptions ------------------------------------------------------------------
@@ -458,6 +459,10 @@ class MetalBackend(Backend):
 
     # -- verification ------------------------------------------------------------------
     def toolchains(self) -> list[Toolchain]:
+        if not sys.platform.startswith("linux"):
+            return [Toolchain("metal-shim", False, "the CPU shim that runs Metal kernels needs "
+                              "Linux (POSIX ucontext, ELF sections); on macOS see "
+                              ".github/workflows/metal-macos.yml")]
         return [find_tool(os.environ.get("CXX", "g++"),
                           hint="install g++ (C++20) to run Metal kernels through the CPU shim")]
 
@@ -474,8 +479,8 @@ class MetalBackend(Backend):
                               "harness.cpp": harness})
         compiler = shutil.which(os.environ.get("CXX", "g++"))
         if compiler is None:
-            raise gradforge.ToolchainError("g++ not found: the Metal backend runs its kernels "
-                                           "through a C++20 shim on the CPU")
+            raise ToolchainError("g++ not found: the Metal backend runs its kernels through a "
+                                 "C++20 shim on the CPU")
         exe = workdir / "metal_runner"
         run_tool([compiler, *CXX_FLAGS, "-O1", *extra_flags, f"-I{SHIM_DIR}", "harness.cpp",
                   "-o", str(exe)], cwd=workdir)
@@ -494,23 +499,18 @@ class MetalBackend(Backend):
         """Run a built harness on ``cases``; case k uses ``grids[k % len(grids)]``
         (threads per threadgroup, most threadgroups of the reduction kernel)."""
         args = [str(exe)] + [f"{t}:{g}" for t, g in grids]
-        out = _run_with_env(args, encode_cases(program, cases), env)
-        return decode_results(program, cases, out)
-
-
-def _run_with_env(args, stdin, env):
-    if not env:
-        return run_tool(args, stdin=stdin)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return run_tool(args, stdin=stdin)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        stdin = encode_cases(program, cases)
+        if not env:
+            return decode_results(program, cases, run_tool(args, stdin=stdin))
+        try:
+            proc = subprocess.run(args, input=stdin, capture_output=True, text=True,
+                                  timeout=600, env={**os.environ, **env})
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(f"{exe} timed out after 600s")
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip()[-4000:]
+            raise ToolchainError(f"{' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
+        return decode_results(program, cases, proc.stdout)
 
 
 SWIFT_KEYWORDS = {
@@ -527,10 +527,6 @@ SWIFT_KEYWORDS = {
 def swift_name(name: str) -> str:
     """An identifier usable as a Swift property/argument label (backticks for keywords)."""
     return f"`{name}`" if name in SWIFT_KEYWORDS else name
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @gradforge.hookimpl
