@@ -272,8 +272,8 @@ class MetalBackend(Backend):
             raise BackendError(
                 f"the reduction needs {scratch * 4} bytes of threadgroup memory "
                 f"(max_threadgroup_size {capacity} × reduction_width {chunk} × 4) but the "
-                f"oldest iOS 15 GPUs (A9/A10) have {THREADGROUP_MEMORY_LIMIT}: lower backends.metal."
-                f"max_threadgroup_size or backends.metal.reduction_width")
+                f"oldest iOS 15 GPUs (A9/A10) have {THREADGROUP_MEMORY_LIMIT}: lower "
+                f"backends.metal.max_threadgroup_size or backends.metal.reduction_width")
         used_fields = needed & set(field_src)
         partial_args = leaf_args(needed) + ([batch_arg]) + (
             [buf("order", "device const uint* order", "order.data()")] if used_fields else []) \
