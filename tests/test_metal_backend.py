@@ -417,6 +417,35 @@ def test_swift_host_compiles_to_nothing_without_metal(tmp_path):
     subprocess.run([swiftc, "-typecheck", *map(str, paths)], check=True)
 
 
+PACKAGE = """// swift-tools-version:5.9
+import PackageDescription
+
+let package = Package(
+    name: "Trend",
+    platforms: [.iOS(.v15), .macOS(.v12)],
+    products: [.library(name: "TrendMetal", targets: ["TrendMetal"])],
+    targets: [
+        .target(name: "Trend", path: "Sources/Trend"),
+        .target(name: "TrendMetal", path: "Sources/TrendMetal"),
+    ]
+)
+"""
+
+
+def test_metal_target_builds_beside_the_swift_library_on_linux(tmp_path):
+    """The Apple-only target in the Swift backend's layout: an empty module off Apple."""
+    swift = require_tool("swift")
+    program = gradforge.compile_project(float32_spec("trend"))
+    for backend in ("swift", "metal"):
+        for rel, text in gradforge.emit(program, backend).items():
+            if rel.startswith("Sources/Trend/") or rel.startswith("Sources/TrendMetal/"):
+                (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / rel).write_text(text)
+    (tmp_path / "Package.swift").write_text(PACKAGE)
+    subprocess.run([swift, "build", "--target", "TrendMetal", "--scratch-path",
+                    str(tmp_path / ".build")], cwd=tmp_path, check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def metal_stub(tmp_path_factory):
     swiftc = require_tool("swiftc")
