@@ -250,8 +250,10 @@ def substitute(expr, subst: dict, evaluate: bool = True) -> sp.Expr:
     args = [substitute(a, subst, evaluate) for a in expr.args]
     if all(new is old for new, old in zip(args, expr.args)):
         return expr                              # untouched subtree: no rebuild, no eval
-    if not evaluate or (isinstance(expr, sp.Pow) and isinstance(args[0], sp.Piecewise)):
-        return expr.func(*args, evaluate=False)  # (a Piecewise base: no distribution)
+    if not evaluate or any(a.has(sp.Piecewise) for a in args):
+        # SymPy would distribute a product/power into Piecewise branches and re-evaluate
+        # their conditions (which can fail with zoo comparisons)
+        return expr.func(*args, evaluate=False)
     if isinstance(expr, sp.Add) and len(args) > 4 and not any(
             a.is_Number or isinstance(a, sp.Add) for a in args):
         # a long sum of distinct non-constant terms has nothing to combine: skip the costly
