@@ -179,7 +179,7 @@ int main(void)
     d.x = x; d.y = y; d.n = 3;
     huber_init_params(params);
     huber_optimizer_init(&opt);
-    full = huber_train(params, &d, NULL, &opt, 2, 0, 1, NULL);
+    full = huber_train(params, &d, NULL, &opt, HUBER_DEFAULT_EPOCHS, 0, HUBER_DEFAULT_SEED, NULL);
     refused = huber_train(params, &d, NULL, &opt, 2, 2, 1, NULL);
     printf("%d %d\\n", full, refused);
     return 0;
