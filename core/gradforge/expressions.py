@@ -43,14 +43,61 @@ def _f(func):
     return lambda *args: func(*args, evaluate=False)
 
 
+def _relation(func):
+    """A comparison: decided now between two numbers, left unevaluated otherwise."""
+    def build(a, b):
+        a, b = sp.sympify(a), sp.sympify(b)
+        if a.is_Number and b.is_Number:
+            return sp.true if func(a, b) else sp.false
+        return func(a, b, evaluate=False)
+    return build
+
+
 exp, log, Abs, sign = _f(sp.exp), _f(sp.log), _f(sp.Abs), _f(sp.sign)
+Lt, Le, Gt, Ge = _relation(sp.Lt), _relation(sp.Le), _relation(sp.Gt), _relation(sp.Ge)
 
 
 def Piecewise(*pairs):  # noqa: N802 - mirrors sympy.Piecewise
-    """``sympy.Piecewise`` without evaluation: SymPy would otherwise fold nested Piecewise
-    operands of conditions into ``ITE`` trees that no backend can print."""
-    return sp.Piecewise(*pairs, evaluate=False)
-Lt, Le, Gt, Ge = _f(sp.Lt), _f(sp.Le), _f(sp.Gt), _f(sp.Ge)
+    """``sympy.Piecewise`` without evaluation (SymPy would fold nested Piecewise operands of
+    conditions into ``ITE`` trees no backend can print); constant conditions are decided."""
+    kept = []
+    for value, cond in pairs:
+        if cond is sp.false or cond is False:
+            continue
+        if cond is sp.true or cond is True:
+            if not kept:
+                return sp.sympify(value)
+            kept.append((value, sp.true))
+            break
+        kept.append((value, cond))
+    return sp.Piecewise(*kept, evaluate=False)
+
+
+def _has_piecewise(*values) -> bool:
+    return any(isinstance(v, sp.Basic) and v.has(sp.Piecewise) for v in values)
+
+
+def add(a, b):
+    return sp.Add(a, b, evaluate=not _has_piecewise(a, b))
+
+
+def sub(a, b):
+    return add(a, mul(sp.Integer(-1), b))
+
+
+def mul(a, b):
+    """a·b; with a Piecewise operand SymPy's flatten may rebuild powers of it and distribute
+    them into the branches (re-evaluating conditions), so those stay unevaluated."""
+    return sp.Mul(a, b, evaluate=not _has_piecewise(a, b))
+
+
+def total(items) -> sp.Expr:
+    """Sum of many terms (unevaluated when a term holds a Piecewise, see :func:`mul`)."""
+    return sp.Add(*items, evaluate=not _has_piecewise(*items))
+
+
+def div(a, b):
+    return mul(a, power(b, sp.Integer(-1)))
 
 
 def power(base: sp.Expr, exponent: sp.Expr) -> sp.Expr:
@@ -110,8 +157,9 @@ SPECIAL_FUNCTIONS = ("max", "min", "where", "sum", "dot")
 CONDITIONAL = frozenset({"max", "min", "clip", "relu", "sigmoid", "softplus"})
 FUNCTIONS = tuple(SCALAR_FUNCTIONS) + SPECIAL_FUNCTIONS
 
-_BINARY = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-           ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
+_BINARY = {ast.Add: add, ast.Sub: sub, ast.Mult: mul, ast.Div: div}
+_INT_BINARY = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+               ast.Mult: lambda a, b: a * b}
 _COMPARE = {ast.Lt: Lt, ast.LtE: Le, ast.Gt: Gt, ast.GtE: Ge,
             ast.Eq: _f(sp.Eq), ast.NotEq: _f(sp.Ne)}
 _INT_COMPARE = {ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b,
@@ -191,7 +239,7 @@ class ExpressionParser:
     def visit_UnaryOp(self, node: ast.UnaryOp, loops) -> Value:
         operand = self.visit(node.operand, loops)
         if isinstance(node.op, ast.USub):
-            return self.elementwise(node, lambda a: -a, operand)
+            return self.elementwise(node, lambda a: mul(sp.Integer(-1), _sym(a)), operand)
         if isinstance(node.op, ast.UAdd):
             return operand
         if isinstance(node.op, ast.Not):
@@ -206,11 +254,9 @@ class ExpressionParser:
                 return left ** right
             return self.elementwise(node, lambda a, b: power(_sym(a), _sym(b)), left, right)
         if type(node.op) in _BINARY:
-            op = _BINARY[type(node.op)]
             if _is_int(left) and _is_int(right) and not isinstance(node.op, ast.Div):
-                return op(left, right)
-            if isinstance(node.op, ast.Div):
-                return self.elementwise(node, lambda a, b: _sym(a) / _sym(b), left, right)
+                return _INT_BINARY[type(node.op)](left, right)
+            op = _BINARY[type(node.op)]
             return self.elementwise(node, lambda a, b: op(_sym(a), _sym(b)), left, right)
         if isinstance(node.op, ast.FloorDiv) and _is_int(left) and _is_int(right):
             if right == 0:
@@ -301,7 +347,7 @@ class ExpressionParser:
             if len(args) != 2 or not all(isinstance(a, Array) for a in args) \
                     or args[0].shape != args[1].shape:
                 raise self.fail(node, "dot() takes two arrays of the same shape")
-            return sp.Add(*[a * b for a, b in zip(args[0].items, args[1].items)])
+            return total([mul(a, b) for a, b in zip(args[0].items, args[1].items)])
         if name in ("max", "min"):
             if len(args) == 1 and isinstance(args[0], Array):
                 args = list(args[0].items)
@@ -347,11 +393,11 @@ class ExpressionParser:
             terms = [t.items if isinstance(t, Array) else (t,) for t in terms]
             if any(len(t) != 1 for t in terms):
                 raise self.fail(node, "sum(... for ...) needs a scalar term")
-            return sp.Add(*[_sym(t[0]) for t in terms])
+            return total([_sym(t[0]) for t in terms])
         value = self.visit(arg, loops)
         if not isinstance(value, Array):
             raise self.fail(node, "sum() of a scalar", "write sum(expr for j in range(N))")
-        return sp.Add(*value.items)
+        return total(value.items)
 
     def iterate(self, node, generators, loops):
         """Yield the loop-variable environments of nested ``for`` clauses, in order."""
