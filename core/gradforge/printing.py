@@ -127,6 +127,13 @@ class CFamilyPrinter(C99CodePrinter):
     def parenthesize(self, item, level, strict=False):
         if getattr(item, "is_Number", False) and item >= 0:
             return self._print(item)          # a literal never needs parentheses
+        if (isinstance(item, sp.Pow) and item.exp.is_Integer
+                and 1 < abs(int(item.exp)) <= MAX_EXPANDED_POWER):
+            # printed as a product or quotient, so it binds like `*`, not like `**`:
+            # a/x**2 must become a/(x*x), never a/x*x. (SymPy passes the precedence of a
+            # negative product as Add's, so any operand position gets the parentheses.)
+            text = self._print(item)
+            return f"({text})" if level >= sp.printing.precedence.PRECEDENCE["Add"] else text
         return super().parenthesize(item, level, strict)
 
     def _print_Mul(self, expr):
