@@ -33,11 +33,12 @@ from gradforge_swift.printer import MAX_TERMS, SwiftPrinter
 
 BACKEND = SwiftBackend()
 
-# A project whose names are Swift keywords, stdlib names or names of the generated API.
+# A project whose names are Swift keywords, stdlib names or names of the generated API (in
+# float32, so that the Float flavour of the generated XCTest target is compiled too).
 KEYWORDS_PROJECT = """\
 [project]
 name = "swift"
-precision = "float64"
+precision = "float32"
 
 [parameters]
 self = 0.5
@@ -269,6 +270,22 @@ def test_emit_is_deterministic_and_marked(example):
     library = files[f"Sources/{module}/{module}Kernels.swift"]
     assert "#if canImport(Darwin)\nimport Darwin\n#elseif canImport(Glibc)\nimport Glibc\n" \
            "#elseif canImport(Musl)\nimport Musl\n#endif" in library
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_public_api_is_documented(example):
+    program = gradforge.load_program(example_path(example))
+    module = module_name(program, {})
+    for rel, text in gradforge.emit(program, "swift").items():
+        if not rel.startswith(f"Sources/{module}/"):
+            continue
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if re.match(r"\s*public\b", line):
+                j = i - 1
+                while lines[j].strip().startswith("@"):
+                    j -= 1
+                assert lines[j].strip().startswith("///"), f"{rel}:{i + 1}: {line.strip()}"
 
 
 def test_float32_output_has_no_double():

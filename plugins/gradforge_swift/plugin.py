@@ -64,10 +64,12 @@ MEMBER_NAMES = frozenset("""
     predictions objective predict train
 """.split())
 
-#: Module names that would shadow a system module; such projects get a ``Model`` suffix.
+#: Module names that would shadow a system module or a standard type; such projects get a
+#: ``Model`` suffix.
 SYSTEM_MODULES = frozenset("""
     Swift Foundation Glibc Darwin Musl XCTest Testing PackageDescription Dispatch CoreML Metal
     MetalKit Accelerate UIKit AppKit SwiftUI Combine Observation os simd CoreFoundation _Concurrency
+    Double Float Int UInt64 Bool String Array Character Never Optional
 """.split())
 
 OPTIMIZER_TYPE = {"sgd": "SGD", "momentum": "Momentum", "adam": "Adam"}
@@ -355,11 +357,11 @@ class _Context:
             return self._kernels
         p = self.program
         predict = self._sample_kernel(p.predict, [("_out[_i] = ", p.predict.output("prediction"))])
-        loss = self._sample_kernel(p.loss, [("_total += ", p.loss.output("loss"))])
+        loss = self._sample_kernel(p.loss, [("_block += ", p.loss.output("loss"))])
         lg = p.loss_and_gradient
         accumulators = [(i, f"_g{i}") for i, _ in lg.gradient]
         loss_grad = self._sample_kernel(
-            lg, [("_total += ", lg.output("loss"))]
+            lg, [("_block += ", lg.output("loss"))]
             + [(f"_g{i} += ", g) for i, g in lg.gradient])
         loss_grad["accumulators"] = accumulators
         regularizer = None
