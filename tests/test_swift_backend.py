@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import re
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
