@@ -146,6 +146,9 @@ class SwiftBackend(Backend):
     options = (
         Option("module", str, "", "Swift module (library target) name; default: the project "
                                   "name in UpperCamelCase"),
+        Option("metal", bool, False, "declare the Apple-only `<Name>Metal` target and library "
+                                     "that [backends.metal] writes into this package when its "
+                                     "`out` is the same folder"),
     )
 
     # ---------------------------------------------------------------------------- emit
@@ -156,7 +159,9 @@ class SwiftBackend(Backend):
         check_vocabulary(program, backend=self.name)
         ctx = _Context(program, module_name(program, options))
         files = {
-            "Package.swift": ctx.render("Package.swift.j2", verify=verify),
+            "Package.swift": ctx.render("Package.swift.j2", verify=verify,
+                                        metal=upper_camel(program.name) + "Metal"
+                                        if options.get("metal") else ""),
             f"Sources/{ctx.module}/{ctx.module}.swift": ctx.render("Library.swift.j2"),
             f"Sources/{ctx.module}/{ctx.module}Kernels.swift": ctx.render("Kernels.swift.j2"),
             f"Sources/{ctx.module}/{ctx.module}Training.swift": ctx.render("Training.swift.j2"),
