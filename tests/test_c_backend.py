@@ -274,6 +274,8 @@ def test_api_names_and_hoisting():
     assert body.index("const double delta = c->delta;") < loop
     assert body.index("const double x_0 = data_x[4 * s];") > loop
     assert "grad[4] += d_prediction;" in body
+    # where() and sign() are branch-free (a data-dependent jump mispredicts half the time)
+    assert "gf_select(" in body and " ? " not in body and "gf_sign(" in body
     assert "operations" in body or "operations" in source
 
 

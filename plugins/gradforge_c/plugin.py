@@ -67,10 +67,12 @@ LIBRARY_NAMES = frozenset("""
     M_SQRT1_2
 """.split())
 
-#: Identifiers the generated functions use themselves (locals, arguments, helpers, members).
+#: Identifiers that share a scope with the user's names: the arguments and locals of the
+#: kernel, regularizer and optimizer functions, the helpers they call, and struct members
+#: (``n`` of the data struct, the optimizer's scratch). Other functions hold no user names.
 INTERNAL_NAMES = frozenset("""
-    params d c grad out n i j k s index count total value scale opt epoch epochs batch_size
-    seed rng state z u start defaults batch_grad gradforge_unused gf_sign gf_splitmix64
+    params d c grad out n i k s index count total opt batch_grad gradforge_unused
+    gf_sign gf_select
 """.split())
 
 
@@ -152,6 +154,7 @@ class _Emitter:
         self.leaf = program.leaf_kind()
         self.field_symbols = {s for f in self.fields for s in f.symbols}
         self.uses_sign = False
+        self.uses_select = False
 
     # -- names -------------------------------------------------------------------------
     def reserved(self) -> set[str]:
@@ -183,6 +186,8 @@ class _Emitter:
     def expr(self, expr: sp.Expr) -> str:
         if expr.has(sp.sign):
             self.uses_sign = True
+        if expr.has(sp.Piecewise):
+            self.uses_select = True
         return self.printer.doprint(expr)
 
     def literal(self, value: float) -> str:
@@ -378,6 +383,10 @@ class _Emitter:
                          "batch_size": prog.training.batch_size,
                          "seed": prog.training.seed},
             "uses_sign": self.uses_sign,
+            "uses_select": self.uses_select,
+            "bits": "uint32_t" if self.T == "float" else "uint64_t",
+            "fabs": "fabsf" if self.T == "float" else "fabs",
+            "copysign": "copysignf" if self.T == "float" else "copysign",
             "zero": self.literal(0.0), "one": self.literal(1.0),
         }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from gradforge.errors import BackendError
 from gradforge.printing import MAX_EXPANDED_POWER, CFamilyPrinter
 
 #: SymPy/C function name → its float variant in C99 <math.h>.
@@ -23,10 +24,14 @@ MATH_FUNCTIONS = frozenset(FLOAT_FUNCTIONS) | frozenset(FLOAT_FUNCTIONS.values()
 
 
 class GradforgeCPrinter(CFamilyPrinter):
+
+    _default_settings = dict(CFamilyPrinter._default_settings, select_function="gf_select")
+
     """Prints IR expressions as C99 for one precision (``"float32"`` or ``"float64"``).
 
-    Settings: ``precision``, ``names`` (IR name → C identifier), ``sign_function`` (the
-    helper the generated file defines, with sign(0) = 0).
+    Settings: ``precision``, ``names`` (IR name → C identifier), ``sign_function`` and
+    ``select_function`` (helpers the generated file defines: sign with sign(0) = 0, and a
+    branch-free ``cond ? a : b``).
     """
 
     def __init__(self, settings=None):
@@ -58,6 +63,19 @@ class GradforgeCPrinter(CFamilyPrinter):
                                      strict=True)
             return f"{text}/({denominator})"
         return super()._print_Mul(expr)
+
+    def _print_Piecewise(self, expr):
+        # gf_select(cond, a, b): both values computed, one kept bitwise — no data-dependent
+        # branch (gcc compiles `c ? a : b` over computed arms to a jump that mispredicts on
+        # about half of the samples when c depends on the data, e.g. relu, max, Huber).
+        pairs = list(expr.args)
+        if pairs[-1][1] != sp.true:
+            raise BackendError(f"Piecewise without a default branch: {expr}")
+        text = self._print(pairs[-1][0])
+        for value, cond in reversed(pairs[:-1]):
+            text = f"{self._settings['select_function']}({self._print(cond)}, " \
+                   f"{self._print(value)}, {text})"
+        return text
 
     def _print_BooleanTrue(self, expr):
         return "1"          # C99 without <stdbool.h>: no `true`
