@@ -63,6 +63,19 @@ class Kernel:
         yield from (e for _, e in self.outputs)
         yield from (e for _, e in self.gradient)
 
+    def needed(self, roots) -> list[Assignment]:
+        """The body assignments the ``roots`` expressions depend on, in order: what a backend
+        emits for a subset of the outputs (unused temporaries would warn in C and Swift)."""
+        want: set[sp.Symbol] = set()
+        for expr in roots:
+            want |= expr.free_symbols
+        keep = []
+        for assignment in reversed(self.body):
+            if assignment.target in want:
+                keep.append(assignment)
+                want |= assignment.expr.free_symbols
+        return keep[::-1]
+
     def op_count(self) -> int:
         """SymPy ``count_ops`` over the body, outputs and gradient entries."""
         return sum(int(sp.count_ops(e)) for e in self.expressions())

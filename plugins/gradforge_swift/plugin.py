@@ -27,7 +27,7 @@ import gradforge
 from gradforge.backend import Backend, Case, Option, Result, Toolchain, find_tool, run_tool, \
     write_files
 from gradforge.errors import ProjectError, ToolchainError
-from gradforge.ir import Assignment, Kernel, Optimizer, Program, check_vocabulary
+from gradforge.ir import Kernel, Optimizer, Program, check_vocabulary
 from gradforge.model import Namer
 from gradforge.optimizers import build_optimizer
 from gradforge.printing import safe_names
@@ -124,19 +124,6 @@ def splitmix64_order(seed: int, count: int) -> list[int]:
 
 def _chunks(items: list[str], size: int) -> list[str]:
     return [", ".join(items[i:i + size]) for i in range(0, len(items), size)]
-
-
-def _needed(kernel: Kernel, roots: list) -> list[Assignment]:
-    """The body assignments the ``roots`` expressions depend on, in order (dead code dropped)."""
-    want: set[sp.Symbol] = set()
-    for expr in roots:
-        want |= expr.free_symbols
-    keep = []
-    for assignment in reversed(kernel.body):
-        if assignment.target in want:
-            keep.append(assignment)
-            want |= assignment.expr.free_symbols
-    return keep[::-1]
 
 
 class SwiftBackend(Backend):
@@ -335,7 +322,7 @@ class _Context:
         printer = self.printer
         printer.reset_temporaries()
         T = self.scalar
-        body = _needed(kernel, [e for _, e in outputs])
+        body = kernel.needed([e for _, e in outputs])
         field_symbols = {s for f in self.program.fields for s in f.symbols}
         per_sample: set = set(field_symbols)
         used: set = set()
@@ -386,7 +373,7 @@ class _Context:
         """Code over parameters and constants only (the regularizer)."""
         printer = self.printer
         printer.reset_temporaries()
-        body = _needed(kernel, [e for _, e in outputs])
+        body = kernel.needed([e for _, e in outputs])
         used: set = set()
         code = []
         for a in body:
