@@ -38,11 +38,6 @@ class StraightLine:
     outputs: tuple[sp.Expr, ...]
     temporaries: frozenset = frozenset()   # generated names (free to rename), not user lets
 
-    def op_count(self) -> int:
-        """SymPy ``count_ops`` over assignments and outputs (the figure benchmarks report)."""
-        return sum(sp.count_ops(e) for _, e in self.assignments) + \
-            sum(sp.count_ops(e) for e in self.outputs)
-
 
 def _is_atom(expr) -> bool:
     return expr.is_Symbol or expr.is_Number or expr.is_NumberSymbol or \

@@ -19,8 +19,7 @@ from sympy.printing.c import C99CodePrinter
 
 from .errors import BackendError
 
-#: Largest |n| for which x**n is printed as a product instead of a call to pow.
-MAX_EXPANDED_POWER = 8
+from .ir import MAX_EXPANDED_POWER  # x**n with |n| up to this prints as products
 
 
 def float32_round(value: float) -> float:
@@ -40,7 +39,7 @@ def shortest_repr(value: float, precision: str) -> str:
         for digits in range(1, 10):
             candidate = f"{target:.{digits}g}"
             if float32_round(float(candidate)) == target:
-                text = candidate
+                text = repr(float(candidate))     # 200.0, not 2e+02
                 break
     if "e" not in text and "." not in text and "inf" not in text and "nan" not in text:
         text += ".0"
@@ -62,12 +61,15 @@ class CFamilyPrinter(C99CodePrinter):
     # of sorting every sum again, which dominated emit time on large models
     _default_settings = dict(C99CodePrinter._default_settings, order="none", precision="float64",
                              names={}, literal_suffix="", function_names={},
-                             sign_function="gf_sign", pow_function="pow")
+                             sign_function="gf_sign", pow_function="pow", select_function="")
 
     def __init__(self, settings=None):
         super().__init__(settings or {})
         self.precision = self._settings["precision"]
         self.names: Mapping[str, str] = self._settings["names"]
+        # SymPy would print 2/pi as M_2_PI, a double macro not defined under -std=c99 (and an
+        # empty table given as a setting falls back to its defaults): numbers print as numbers
+        self.math_macros = {}
 
     # -- leaves ------------------------------------------------------------------------
     def _print_Symbol(self, expr):
@@ -161,12 +163,18 @@ class CFamilyPrinter(C99CodePrinter):
         _print_Function
 
     def _print_Piecewise(self, expr):
+        """Nested ``(c ? a : b)``, or ``select(c, a, b)`` when the ``select_function`` setting
+        names a branch-free helper the generated file defines."""
         pairs = list(expr.args)
         if pairs[-1][1] != sp.true:
             raise BackendError(f"Piecewise without a default branch: {expr}")
+        select = self._settings["select_function"]
         text = self._print(pairs[-1][0])
         for value, cond in reversed(pairs[:-1]):
-            text = f"({self._print(cond)} ? {self._print(value)} : {text})"
+            if select:
+                text = f"{select}({self._print(cond)}, {self._print(value)}, {text})"
+            else:
+                text = f"({self._print(cond)} ? {self._print(value)} : {text})"
         return text
 
     def _print_Relational(self, expr):

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
 import gradforge
 from gradforge.backend import Backend, Case, Result, Toolchain, find_tool, run_tool, write_files
 from gradforge.errors import ToolchainError
-from gradforge.ir import Assignment, Kernel, Program, check_vocabulary, walk
-from gradforge.printing import MAX_EXPANDED_POWER, safe_names, shortest_repr
+from gradforge.ir import Assignment, Kernel, Program, check_vocabulary, count_operations
+from gradforge.printing import safe_names, shortest_repr
 from gradforge.protocol import decode_results, encode_cases
 from gradforge.rendering import render
 from gradforge.writer import header_text
@@ -84,40 +84,6 @@ def c_type(precision: str) -> str:
 #: gradient loop (vectorizable under -O3 -ffast-math); larger ones keep one loop, since the copy
 #: would double gcc's time on a body that is already long.
 DUPLICATE_LOOP_MAX_OPS = 2000
-
-
-def op_count(exprs: Iterable[sp.Expr]) -> int:
-    """Arithmetic operations, comparisons and calls in ``exprs``, as the C code performs them
-    (x**3 is two multiplications). Linear time, unlike ``sympy.count_ops``."""
-    total = 0
-    for expr in exprs:
-        for node in walk(expr):
-            if isinstance(node, (sp.Add, sp.Mul, sp.And, sp.Or)):
-                total += len(node.args) - 1
-            elif isinstance(node, sp.Pow):
-                exponent = node.args[1]
-                if exponent.is_Integer and 0 < abs(int(exponent)) <= MAX_EXPANDED_POWER:
-                    total += abs(int(exponent)) - 1 + (1 if exponent < 0 else 0)
-                else:
-                    total += 1
-            elif isinstance(node, sp.Piecewise):
-                total += len(node.args) - 1
-            elif isinstance(node, (sp.Function, sp.core.relational.Relational, sp.Not)):
-                total += 1
-    return total
-
-
-def _live(kernel: Kernel, roots: Iterable[sp.Expr]) -> list[Assignment]:
-    """The body assignments ``roots`` need, in order (dead ones would warn as unused)."""
-    needed: set[sp.Symbol] = set()
-    for expr in roots:
-        needed |= expr.free_symbols
-    kept = []
-    for assignment in reversed(kernel.body):
-        if assignment.target in needed:
-            kept.append(assignment)
-            needed |= assignment.expr.free_symbols
-    return kept[::-1]
 
 
 def _split_invariant(body: list[Assignment], field_symbols: set[sp.Symbol]
@@ -231,14 +197,14 @@ class _Emitter:
 
     def kernel_parts(self, kernel: Kernel, roots: list[sp.Expr]) -> dict[str, Any]:
         """Split a per-sample kernel into hoisted code and the per-sample loop body."""
-        body = _live(kernel, roots)
+        body = kernel.needed(roots)
         before, inside = _split_invariant(body, self.field_symbols)
         used: set[sp.Symbol] = set()
         for expr in roots + [a.expr for a in body]:
             used |= expr.free_symbols
         used = {s for s in used if s in self.leaf}
         kinds = {self.leaf[s][0] for s in used}
-        ops = op_count([a.expr for a in inside] + roots)
+        ops = count_operations([a.expr for a in inside] + roots)
         return {
             "ops": ops,
             "duplicate": ops <= DUPLICATE_LOOP_MAX_OPS,
@@ -280,7 +246,7 @@ class _Emitter:
             return None
         value = kernel.output("value")
         roots = [value] + [g for _, g in kernel.gradient]
-        body = _live(kernel, roots)
+        body = kernel.needed(roots)
         used: set[sp.Symbol] = set()
         for expr in roots + [a.expr for a in body]:
             used |= expr.free_symbols
@@ -292,7 +258,7 @@ class _Emitter:
             "lines": self.hoisted_loads(used) + self.assignments(body),
             "value": self.expr(value),
             "gradient": [f"grad[{i}] += {self.expr(g)};" for i, g in kernel.gradient],
-            "ops": op_count([a.expr for a in body] + roots),
+            "ops": count_operations([a.expr for a in body] + roots),
         }
 
     def optimizer(self) -> dict[str, Any]:

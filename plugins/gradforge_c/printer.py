@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sympy as sp
 
-from gradforge.errors import BackendError
 from gradforge.printing import MAX_EXPANDED_POWER, CFamilyPrinter
 
 #: SymPy/C function name → its float variant in C99 <math.h>.
@@ -63,19 +62,6 @@ class GradforgeCPrinter(CFamilyPrinter):
                                      strict=True)
             return f"{text}/({denominator})"
         return super()._print_Mul(expr)
-
-    def _print_Piecewise(self, expr):
-        # gf_select(cond, a, b): both values computed, one kept bitwise — no data-dependent
-        # branch (gcc compiles `c ? a : b` over computed arms to a jump that mispredicts on
-        # about half of the samples when c depends on the data, e.g. relu, max, Huber).
-        pairs = list(expr.args)
-        if pairs[-1][1] != sp.true:
-            raise BackendError(f"Piecewise without a default branch: {expr}")
-        text = self._print(pairs[-1][0])
-        for value, cond in reversed(pairs[:-1]):
-            text = f"{self._settings['select_function']}({self._print(cond)}, " \
-                   f"{self._print(value)}, {text})"
-        return text
 
     def _print_BooleanTrue(self, expr):
         return "1"          # C99 without <stdbool.h>: no `true`
