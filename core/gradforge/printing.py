@@ -139,6 +139,10 @@ class CFamilyPrinter(C99CodePrinter):
         return super().parenthesize(item, level, strict)
 
     def _print_Mul(self, expr):
+        if all(a.is_Symbol for a in expr.args):
+            # the commonest product (adjoint × input); SymPy's precedence/sign analysis of
+            # each factor was most of the emit time on large models
+            return "*".join(self._print(a) for a in expr.args)
         coeff, rest = expr.as_coeff_Mul()
         if coeff.is_Rational and not coeff.is_Integer and abs(coeff.p) == 1 and rest != 1:
             # x/3 rather than 0.333…*x: exact and readable

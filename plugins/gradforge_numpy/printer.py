@@ -41,6 +41,11 @@ class GradforgeNumPyPrinter(NumPyPrinter):
     def _print_Pi(self, expr):
         return self._num(float(expr))
 
+    def _print_Mul(self, expr):
+        if all(a.is_Symbol for a in expr.args):     # fast path: adjoint × input
+            return "*".join(self._print(a) for a in expr.args)
+        return super()._print_Mul(expr)
+
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.args
         if exp.is_Integer:
