@@ -126,6 +126,10 @@ def _chunks(items: list[str], size: int) -> list[str]:
     return [", ".join(items[i:i + size]) for i in range(0, len(items), size)]
 
 
+#: Small loss-and-gradient kernels get their sample loop unrolled by two (see kernels()).
+UNROLL_MAX_ACCUMULATORS = 16
+
+
 class SwiftBackend(Backend):
     name = "swift"
     description = "SwiftPM package: library (no Foundation), XCTest tests, CSV trainer"
@@ -356,6 +360,21 @@ class _Context:
             lg, [("_block += ", lg.output("loss"))]
             + [(f"_g{i} += ", g) for i, g in lg.gradient])
         loss_grad["accumulators"] = accumulators
+        if len(accumulators) <= UNROLL_MAX_ACCUMULATORS:
+            # a second copy of the body for sample _j = _i + 1 with its own accumulators:
+            # two independent chains of additions instead of one (the loop is latency-bound
+            # on the accumulators for small models)
+            heads = ["_block"] + [acc for _, acc in accumulators]
+            second = []
+            for line in loss_grad["loop"]:
+                line = re.sub(r"\b_i\b", "_j", line)
+                for head in heads:
+                    if line.startswith(f"{head} += "):
+                        line = f"{head}_b += " + line[len(head) + 4:]
+                second.append(line)
+            loss_grad["loop_b"] = second
+        else:
+            loss_grad["loop_b"] = []
         regularizer = None
         if p.regularizer is not None:
             reg = p.regularizer
