@@ -274,13 +274,6 @@ def linearize(lets: Sequence[Assignment], outputs: Sequence[sp.Expr], namer,
     return tape, atoms
 
 
-def evaluate(lets: Sequence[Assignment], outputs: Sequence[sp.Expr], namer,
-             prefix: str = "t") -> StraightLine:
-    """Straight-line code computing ``outputs`` (no derivatives)."""
-    tape, atoms = linearize(lets, outputs, namer, prefix)
-    return cleanup(tape.assignments, atoms, tape.named, tape.temps)
-
-
 def gradient(lets: Sequence[Assignment], output: sp.Expr, wrt: Sequence[sp.Symbol], namer,
              prefix: str = "t") -> StraightLine:
     """Straight-line code whose outputs are ``output`` then ∂output/∂w for each w in ``wrt``.

@@ -19,7 +19,7 @@ from .project import ProjectSpec
 
 
 def _kernel(line: derivative.StraightLine, names: list[str], namer,
-            gradient_offset: int | None = None) -> Kernel:
+            with_gradient: bool = False) -> Kernel:
     """Wrap straight-line code as a Kernel, renaming generated temporaries to t0, t1, …"""
     rename: dict[sp.Symbol, sp.Symbol] = {}
     local = copy.deepcopy(namer)
@@ -38,7 +38,7 @@ def _kernel(line: derivative.StraightLine, names: list[str], namer,
     outputs = [derivative.substitute(e, rename, evaluate=False) for e in line.outputs]
     named = tuple(zip(names, outputs[:len(names)]))
     gradient = ()
-    if gradient_offset is not None:
+    if with_gradient:   # outputs after the named ones are ∂/∂θ[0], ∂/∂θ[1], …
         gradient = tuple((i, g) for i, g in enumerate(outputs[len(names):]) if g != 0)
     return Kernel(body, named, gradient, frozenset(rename.values()))
 
@@ -60,12 +60,12 @@ def lower(model: Model) -> Program:
     loss = _kernel(derivative.cleanup(tape.assignments, [loss_atom], tape.named, tape.temps),
                    ["loss"], namer)
     loss_grad = _kernel(derivative.reverse(tape, loss_atom, theta), ["loss"], namer,
-                        gradient_offset=0)
+                        with_gradient=True)
     regularizer = None
     if model.regularization is not None:
         regularizer = _kernel(derivative.gradient(model.lets_for(model.regularization),
                                                   model.regularization, theta, fresh()),
-                              ["value"], namer, gradient_offset=0)
+                              ["value"], namer, with_gradient=True)
 
     offset = 0
     parameters = []

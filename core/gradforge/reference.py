@@ -8,7 +8,6 @@ again by hand. Backends are compared with these numbers, never with each other.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -228,7 +227,3 @@ class Reference:
         fd = self.finite_difference_mp(case)
         scale = max([abs(g) for g in grad] + [mpmath.mpf(1e-30)])
         return float(max(abs(a - b) for a, b in zip(grad, fd)) / scale) if grad else 0.0
-
-
-def finite(values) -> bool:
-    return all(math.isfinite(v) for v in values)
