@@ -68,9 +68,19 @@ def random_project(seed: int, precision: str = "float64", depth: int = 4) -> Pro
                              name=f"rnd{seed}", precision=precision, optimizer=optimizer)
 
 
-@st.composite
-def projects(draw, precision: str = "float64"):
-    """Hypothesis strategy: a random project (seeded generator, shrinkable by seed/depth)."""
-    seed = draw(st.integers(min_value=0, max_value=2**32 - 1))
-    depth = draw(st.integers(min_value=1, max_value=4))
-    return random_project(seed, precision, depth)
+def _extend(children):
+    unary = st.tuples(st.sampled_from(UNARY), children).map(lambda t: _fill(t[0], [t[1]]))
+    binary = st.tuples(st.sampled_from(BINARY), children, children, children).map(
+        lambda t: _fill(t[0], list(t[1:])))
+    return unary | binary
+
+
+#: Hypothesis strategy for expression text over the whole vocabulary (shrinks structurally).
+expressions = st.recursive(st.sampled_from(LEAVES + ["1.25", "0.5"]), _extend, max_leaves=10)
+
+
+def projects(precision: str = "float64"):
+    """Hypothesis strategy: a project around two random expression trees."""
+    return st.builds(lambda pred, term, opt: project_from_text(pred, term, precision=precision,
+                                                               optimizer=opt),
+                     expressions, expressions, st.sampled_from(["sgd", "momentum", "adam"]))

@@ -15,7 +15,7 @@ from gradforge.verification import compare, make_cases
 from random_models import projects
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(projects())
 def test_random_models_match_reference(spec):
