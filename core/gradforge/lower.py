@@ -1,7 +1,8 @@
 """Stage 5: Model → IR :class:`~gradforge.ir.Program` (derivatives, temporaries, optimizer).
 
-Each kernel is derived independently (prediction only, loss only, loss with gradient,
-regularizer with gradient), so ``predict`` and ``objective`` never pay for the gradient.
+The per-sample kernels share one forward recording, but each keeps only what its outputs need
+(prediction only, loss only, loss with gradient), so ``predict`` and ``objective`` never pay
+for the gradient; the regularizer is a separate parameter-only kernel.
 Temporaries are renumbered ``t0, t1, …`` per kernel in the order they are assigned, which keeps
 generated code readable and byte-identical for the same project.
 """
