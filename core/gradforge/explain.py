@@ -27,6 +27,14 @@ class Formula:
 def shortest(expr: sp.Expr) -> sp.Expr:
     """The candidate form of ``expr`` with the fewest operations (ties: the original)."""
     candidates = [expr]
+    if expr.has(sp.Piecewise):
+        try:      # one Piecewise with a formula per branch reads better than a sum of them
+            folded = sp.piecewise_fold(expr)
+            candidates.append(folded)
+            if isinstance(folded, sp.Piecewise):
+                candidates.append(sp.Piecewise(*[(sp.factor(e), c) for e, c in folded.args]))
+        except (ValueError, TypeError, NotImplementedError, sp.PolynomialError):
+            pass
     try:
         candidates.append(sp.factor(expr))
     except (sp.PolynomialError, ValueError, TypeError, NotImplementedError):
@@ -36,7 +44,11 @@ def shortest(expr: sp.Expr) -> sp.Expr:
             candidates.append(sp.simplify(expr, ratio=1))
         except (ValueError, TypeError, NotImplementedError, RecursionError):
             pass
-    return min(candidates, key=lambda e: (sp.count_ops(e), len(str(e))))
+    # simplify() may trade sign(r) for r/Abs(r) plus an Eq(r, 0) branch: same value, harder to
+    # read, so a candidate that introduces Eq conditions the expression did not have loses
+    original_eqs = len(expr.atoms(sp.Eq))
+    return min(candidates, key=lambda e: (len(e.atoms(sp.Eq)) > original_eqs,
+                                          sp.count_ops(e), len(str(e))))
 
 
 def _label(program: Program, index: int, of: str) -> str:
