@@ -101,6 +101,10 @@ def test_explain_prints_short_formulas_and_op_counts(capsys):
     assert "∂ℓ/∂a = x**2*sign(prediction - y)" in out
     assert "re(" not in out and "im(" not in out and "Derivative" not in out
     assert "loss+gradient" in out
+    assert cli.main(["explain", str(example_path("huber"))]) == 0
+    out = capsys.readouterr().out
+    assert "∂ℓ/∂b    = Piecewise((r, delta >= Abs(r)), (delta*sign(r), True))" in out
+    assert "Eq(" not in out
 
 
 def test_verify_passes_for_numpy(capsys):
