@@ -46,7 +46,7 @@ def _f(func):
 def _relation(func):
     """A comparison: decided now between two numbers, left unevaluated otherwise."""
     def build(a, b):
-        a, b = sp.sympify(a), sp.sympify(b)
+        a, b = _sym(a), _sym(b)        # already-built values (ints or SymPy), never text
         if a.is_Number and b.is_Number:
             return sp.true if func(a, b) else sp.false
         return func(a, b, evaluate=False)
@@ -66,7 +66,7 @@ def Piecewise(*pairs):  # noqa: N802 - mirrors sympy.Piecewise
             continue
         if cond is sp.true or cond is True:
             if not kept:
-                return sp.sympify(value)
+                return _sym(value)
             kept.append((value, sp.true))
             break
         kept.append((value, cond))

@@ -458,17 +458,24 @@ class _Context:
         for s, _ in opt.scalar_state:
             keyword = "var" if s in scalar_targets else "let"
             step.append(f"{keyword} {local[s.name]}: {T} = self.{member(s.name)}")
-        declared = set(state_symbols)
-        for a in opt.scalar_update:
-            name = local[a.target.name]
-            if a.target in declared:
-                head = f"{name} = "
-            else:
-                multiple = scalar_targets.count(a.target) > 1
-                head = f"{'var' if multiple else 'let'} {name}: {T} = "
-                declared.add(a.target)
-            printer.reset_temporaries()
-            step += printer.statement(head, a.expr)
+        def assignments(update, declared: set) -> list[str]:
+            """Statements for ``update``: the first assignment to a new name declares it (a
+            `var` if it is assigned again), later ones and stored state just assign."""
+            targets = [a.target for a in update]
+            lines = []
+            for a in update:
+                name = local[a.target.name]
+                if a.target in declared:
+                    head = f"{name} = "
+                else:
+                    keyword = "var" if targets.count(a.target) > 1 else "let"
+                    head = f"{keyword} {name}: {T} = "
+                    declared.add(a.target)
+                printer.reset_temporaries()
+                lines += printer.statement(head, a.expr)
+            return lines
+
+        step += assignments(opt.scalar_update, set(state_symbols))
         for s, _ in opt.scalar_state:
             if s in scalar_targets:
                 step.append(f"self.{member(s.name)} = {local[s.name]}")
@@ -487,17 +494,7 @@ class _Context:
         for k, s in enumerate(opt.element_state):
             keyword = "var" if s in element_targets else "let"
             loop.append(f"{keyword} {local[s.name]}: {T} = _e{k}[_i]")
-        declared = set(opt.element_state) | {opt.param, opt.grad}
-        for a in opt.element_update:
-            name = local[a.target.name]
-            if a.target in declared:
-                head = f"{name} = "
-            else:
-                multiple = element_targets.count(a.target) > 1
-                head = f"{'var' if multiple else 'let'} {name}: {T} = "
-                declared.add(a.target)
-            printer.reset_temporaries()
-            loop += printer.statement(head, a.expr)
+        loop += assignments(opt.element_update, set(opt.element_state) | {opt.param, opt.grad})
         if opt.param in element_targets:
             loop.append(f"_p[_i] = {local[opt.param.name]}")
         for k, s in enumerate(opt.element_state):
