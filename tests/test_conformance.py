@@ -13,6 +13,8 @@ import pytest
 
 import gradforge
 from gradforge.errors import BackendError
+from gradforge.lower import lower
+from gradforge.model import build_model
 from gradforge.reference import Reference
 from gradforge.verification import compare, make_cases
 
@@ -36,8 +38,10 @@ def _prepared(subject: str, precision: str | None):
     if precision and spec.precision != precision:
         spec = dataclasses.replace(spec, precision=precision)
     cases = make_cases(spec, count=3, samples=(13, 50, 65), seed=1)
-    reference = Reference(spec)
-    return spec, gradforge.compile_project(spec), cases, [reference.expected(c) for c in cases]
+    model = build_model(spec)      # one parse for the IR and the reference
+    reference = Reference(model)
+    expected = [reference.expected(c) for c in cases]
+    return spec, lower(model), cases, expected, reference
 
 
 def _backend_names():
@@ -53,13 +57,13 @@ def test_backend_matches_reference(backend_name, subject, registry, tmp_path):
     if missing:
         message = "; ".join(f"{t.name}: {t.detail}" for t in missing)
         (pytest.fail if IN_CI else pytest.skip)(f"toolchain missing: {message}")
-    spec, program, cases, expected = _prepared(subject, None)
+    spec, program, cases, expected, _ = _prepared(subject, None)
     try:
         backend.emit(program, backend.resolve_options({}))
     except BackendError:
         if spec.precision == "float32":
             raise
-        spec, program, cases, expected = _prepared(subject, "float32")
+        spec, program, cases, expected, _ = _prepared(subject, "float32")
     results = backend.run(program, backend.resolve_options({}), cases, tmp_path)
     assert len(results) == len(cases)
     problems = []
@@ -71,5 +75,5 @@ def test_backend_matches_reference(backend_name, subject, registry, tmp_path):
 @pytest.mark.parametrize("subject", SUBJECTS)
 def test_reference_derivative_agrees_with_finite_differences(subject):
     """The reference itself: sympy.diff chain vs 50-digit central differences."""
-    spec, _, cases, _ = _prepared(subject, None)
-    assert Reference(spec).derivative_error(cases[0]) < 1e-15
+    _, _, cases, _, reference = _prepared(subject, None)
+    assert reference.derivative_error(cases[0]) < 1e-15

@@ -96,9 +96,11 @@ def cmd_build(args) -> int:
 
 def cmd_verify(args) -> int:
     from .api import selected_backends
-    from .lower import compile_project
+    from .lower import lower
+    from .model import build_model
     from .plugins import load_registry
     from .project import load_project
+    from .reference import Reference
     from .verification import make_cases, verify
     spec = load_project(args.project)
     registry = load_registry()
@@ -108,9 +110,11 @@ def cmd_verify(args) -> int:
         names = sorted(registry.backends)
     backends = [registry.backend(n) for n in names]
     options = {b.name: dict(b.options) for b in spec.backends}
-    program = compile_project(spec)
+    model = build_model(spec)          # parsed once: the IR and the reference share it
+    program = lower(model)
     cases = make_cases(spec, count=max(args.cases, 1), seed=args.seed)
-    derivative_error, reports = verify(spec, program, backends, cases, options)
+    derivative_error, reports = verify(spec, program, backends, cases, options,
+                                       reference=Reference(model))
     print(f"{spec.name}: {len(cases)} random cases, reference at 50 digits "
           f"(tolerance {'1e-9' if spec.precision == 'float64' else '1e-4'} relative)")
     print(f"derivative check, sympy.diff vs finite differences: {derivative_error:.1e}")
