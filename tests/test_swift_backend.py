@@ -36,7 +36,7 @@ BACKEND = SwiftBackend()
 # float32, so that the Float flavour of the generated XCTest target is compiled too).
 KEYWORDS_PROJECT = """\
 [project]
-name = "swift"
+name = "keywords"
 precision = "float32"
 
 [parameters]
@@ -229,7 +229,7 @@ def test_keywords_project_compiles_everywhere(built, tmp_path):
     spec, program, _, _, workdir = built("keywords")
     package, scratch = workdir / "package", workdir / "swift-build"
     proc = swift_run(["swift", "build", *swiftpm_options(package, scratch, workdir / "swift-cache"),
-                      "--target", "SwiftModelTests", "-Xswiftc", "-warnings-as-errors"])
+                      "--target", "KeywordsTests", "-Xswiftc", "-warnings-as-errors"])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     trainer = build_trainer(program, workdir)
     rows = ["let[0],let[1],Double,struct"] + [
@@ -299,7 +299,7 @@ def test_float32_output_has_no_double():
 def test_keywords_are_escaped(tmp_path):
     spec = spec_for("keywords", tmp_path)
     files = gradforge.emit(gradforge.compile_project(spec), "swift")
-    library = files["Sources/SwiftModel/SwiftModel.swift"]
+    library = files["Sources/Keywords/Keywords.swift"]
     for name in ("self_", "func_", "gradient_", "Type_", "count_", "let_", "Double_", "struct_",
                  "static_", "flat_"):
         assert f"public var {name}:" in library or f"internal(set) var {name}:" in library, name

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .backend import check_output_names
 from .errors import ProjectError
 from .ir import Program
 from .lower import compile_project
@@ -32,6 +33,7 @@ def emit(program: Program, backend: str, options: Mapping[str, Any] | None = Non
     registry = registry or load_registry()
     plugin = registry.backend(backend)
     resolved = plugin.resolve_options(dict(options or {}))
+    check_output_names(plugin, program, resolved)
     registry.manager.hook.gradforge_check_program(program=program, backend_name=backend)
     files = dict(plugin.emit(program, resolved))
     registry.manager.hook.gradforge_postprocess_files(program=program, backend_name=backend,

@@ -70,10 +70,20 @@ class Backend:
     options: tuple[Option, ...] = ()
     #: Comment syntax of the backend's files, used for the "generated" header check.
     comment_prefix: str = "//"
+    #: Names the output must never take, each mapped to what it would hide: a generated module
+    #: or header called ``numpy`` or ``math`` shadows the library for every file built beside
+    #: it. :func:`check_output_names` compares :meth:`output_names` against these
+    #: case-insensitively (macOS and Windows file systems are) and refuses the build.
+    shadowed_names: Mapping[str, str] = {}
 
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
         """Return ``{relative path: file text}`` for ``program``. Must be deterministic."""
         raise NotImplementedError
+
+    def output_names(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
+        """The module and file names (without extension) the output takes from the project,
+        each mapped to the project-file key it comes from. Default: the project name."""
+        return {program.name: "project.name"}
 
     def toolchains(self) -> list[Toolchain]:
         """External tools :meth:`run` needs (empty when none)."""
@@ -111,6 +121,24 @@ class Backend:
                                    f"{', '.join(map(repr, option.choices))}", key=dotted)
             resolved[key] = value
         return resolved
+
+
+def check_output_names(backend: Backend, program: Program, options: Mapping[str, Any]) -> None:
+    """Refuse output that would shadow a library (see :attr:`Backend.shadowed_names`).
+
+    Called by the core before every ``emit`` and ``run``, so no backend can write a
+    ``numpy.py`` that imports itself or a ``math.h`` that hides ``<math.h>``."""
+    reserved = {name.lower(): what for name, what in backend.shadowed_names.items()}
+    for name, key in backend.output_names(program, options).items():
+        what = reserved.get(name.lower())
+        if what is None:
+            continue
+        if key == "project.name":
+            hint = f"rename the project in [project] name, e.g. name = \"{program.name}_model\""
+        else:
+            hint = f"choose another value for `{key.rsplit('.', 1)[-1]}`"
+        raise ProjectError(f"the {backend.name} backend would name its output '{name}', which "
+                           f"hides {what}", key=key, hint=hint)
 
 
 # ----------------------------------------------------------------------- helpers for runners

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .backend import Backend, Case, Result
+from .backend import Backend, Case, Result, check_output_names
 from .errors import GradforgeError
 from .ir import Program
 from .printing import float32_round
@@ -99,6 +99,7 @@ def verify(spec: ProjectSpec, program: Program, backends: Sequence[Backend],
         with tempfile.TemporaryDirectory(prefix=f"gradforge-{backend.name}-") as tmp:
             try:
                 resolved = backend.resolve_options((options or {}).get(backend.name, {}))
+                check_output_names(backend, program, resolved)
                 results = backend.run(program, resolved, cases, Path(tmp))
             except GradforgeError as exc:
                 reports.append(BackendReport(backend.name, "error", str(exc).splitlines()[0]))

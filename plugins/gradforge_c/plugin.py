@@ -67,6 +67,17 @@ LIBRARY_NAMES = frozenset("""
     M_SQRT1_2
 """.split())
 
+#: Headers a ``<name>.h`` would hide for any file compiled with ``-I`` on the output folder:
+#: the C standard library (C89 … C23) and the common POSIX headers.
+SYSTEM_HEADERS = frozenset("""
+    assert complex ctype errno fenv float inttypes iso646 limits locale math setjmp signal
+    stdalign stdarg stdatomic stdbit stdbool stdckdint stddef stdint stdio stdlib stdnoreturn
+    string tgmath threads time uchar wchar wctype
+    aio arpa cpio dirent dlfcn fcntl fnmatch glob grp iconv langinfo libgen monetary mqueue
+    netdb nl_types poll pthread pwd regex sched search semaphore spawn strings syslog tar
+    termios ulimit unistd utime utmpx wordexp alloca malloc memory endian features
+""".split())
+
 #: Identifiers that share a scope with the user's names: the arguments and locals of the
 #: kernel, regularizer and optimizer functions, the helpers they call, and struct members
 #: (``n`` of the data struct, the optimizer's scratch). Other functions hold no user names.
@@ -406,6 +417,7 @@ class CBackend(Backend):
     name = "c"
     description = "C99 header + source, libm only (objective, gradient, optimizer, training loop)"
     comment_prefix = "/*"
+    shadowed_names = {name: f"the system header <{name}.h>" for name in sorted(SYSTEM_HEADERS)}
 
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
         return emit_files(program)

@@ -143,6 +143,11 @@ class MetalBackend(Backend):
     name = "metal"
     description = "Metal compute kernels + Swift host (GPU training on Apple devices)"
     comment_prefix = "//"
+    #: The host module `<Name>Metal` must not take the name of a module the host imports or
+    #: an app links beside it (the `.metal` file is read as a string, so it hides nothing).
+    shadowed_names = {name: f"the system module {name}" for name in (
+        "Swift", "Foundation", "Dispatch", "Metal", "MetalKit", "MetalPerformanceShaders",
+        "Accelerate", "CoreML", "simd", "XCTest", "PackageDescription")}
     options = (
         Option("max_threadgroup_size", int, 256,
                "largest threadgroup the reduction kernel supports (sizes its threadgroup "
@@ -156,6 +161,9 @@ class MetalBackend(Backend):
     )
 
     # -- emission --------------------------------------------------------------------
+    def output_names(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
+        return {upper_camel(program.name) + "Metal": "project.name"}
+
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
         model = self.model(program, options)
         header = header_text(program.source)

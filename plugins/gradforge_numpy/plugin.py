@@ -26,6 +26,13 @@ RESERVED = set(keyword.kwlist) | set(dir(__builtins__) if isinstance(__builtins_
 }
 
 
+#: A module ``<name>.py`` beside a script shadows the library of that name for the script and
+#: for everything it imports (NumPy itself imports much of the standard library).
+SHADOWED = {**{name: f"the Python standard-library module '{name}'"
+               for name in sorted(sys.stdlib_module_names) if not name.startswith("_")},
+            "numpy": "the numpy package the generated module imports"}
+
+
 def _shape_tuple(shape) -> str:
     return "()" if not shape else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
@@ -34,6 +41,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     description = "NumPy module vectorized over samples (prototyping, reference)"
     comment_prefix = "#"
+    shadowed_names = SHADOWED
 
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
         check_vocabulary(program, backend=self.name)

@@ -64,8 +64,7 @@ MEMBER_NAMES = frozenset("""
     predictions objective predict train
 """.split())
 
-#: Module names that would shadow a system module or a standard type; such projects get a
-#: ``Model`` suffix.
+#: Module names that would shadow a system module or a standard type (refused by the core).
 SYSTEM_MODULES = frozenset("""
     Swift Foundation Glibc Darwin Musl XCTest Testing PackageDescription Dispatch CoreML Metal
     MetalKit Accelerate UIKit AppKit SwiftUI Combine Observation os simd CoreFoundation _Concurrency
@@ -95,16 +94,17 @@ def lower_camel(name: str) -> str:
 
 
 def module_name(program: Program, options: Mapping[str, Any]) -> str:
-    """The library module's name: the ``module`` option or the project name in UpperCamelCase."""
+    """The library module's name: the ``module`` option or the project name in UpperCamelCase.
+    A name that would shadow a system module is refused by the core
+    (:attr:`SwiftBackend.shadowed_names`)."""
     given = options.get("module") or ""
     if given:
-        if not IDENTIFIER.match(given) or given in SWIFT_KEYWORDS or given in SYSTEM_MODULES:
+        if not IDENTIFIER.match(given) or given in SWIFT_KEYWORDS:
             raise ProjectError(f"{given!r} is not usable as a Swift module name",
                                key="backends.swift.module",
                                hint="use an UpperCamelCase identifier such as MyModel")
         return given
-    camel = upper_camel(program.name)
-    return camel + "Model" if camel in SYSTEM_MODULES else camel
+    return upper_camel(program.name)
 
 
 def splitmix64_order(seed: int, count: int) -> list[int]:
@@ -134,6 +134,7 @@ class SwiftBackend(Backend):
     name = "swift"
     description = "SwiftPM package: library (no Foundation), XCTest tests, CSV trainer"
     comment_prefix = "//"
+    shadowed_names = {name: f"the system module {name}" for name in sorted(SYSTEM_MODULES)}
     options = (
         Option("module", str, "", "Swift module (library target) name; default: the project "
                                   "name in UpperCamelCase"),
@@ -141,6 +142,10 @@ class SwiftBackend(Backend):
                                      "that [backends.metal] writes into this package when its "
                                      "`out` is the same folder"),
     )
+
+    def output_names(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
+        key = "backends.swift.module" if options.get("module") else "project.name"
+        return {module_name(program, options): key}
 
     # ---------------------------------------------------------------------------- emit
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
