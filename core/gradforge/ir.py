@@ -183,6 +183,7 @@ class Program:
     optimizer: Optimizer
     training: Training
     source: str | None = None      # project file the program came from, for headers
+    model_hash: str = ""           # params_file.model_hash of the spec (params.json checks it)
 
     @property
     def num_params(self) -> int:

@@ -15,6 +15,7 @@ import sympy as sp
 from . import derivative
 from .ir import Assignment, Constant, Field, Kernel, Parameter, Program, Training
 from .model import Model, build_model
+from .params_file import model_hash
 from .optimizers import build_optimizer
 from .project import ProjectSpec
 
@@ -83,7 +84,8 @@ def lower(model: Model) -> Program:
         predict=predict, loss=loss, loss_and_gradient=loss_grad, regularizer=regularizer,
         optimizer=build_optimizer(t, fresh()),
         training=Training(t.epochs, t.batch_size, t.seed),
-        source=spec.path.name if spec.path else None)
+        source=spec.path.name if spec.path else None,
+        model_hash=model_hash(spec))
 
 
 def compile_project(spec: ProjectSpec) -> Program:

@@ -120,6 +120,7 @@ class NumpyBackend(Backend):
         text = render(
             "gradforge_numpy", "module.py.j2",
             header=header_text(program.source), name=program.name,
+            model_hash=program.model_hash,
             precision=program.precision, num_params=program.num_params,
             parameters=[{"name": p.name, "shape_tuple": _shape_tuple(p.shape),
                          "offset": p.offset} for p in program.parameters],
