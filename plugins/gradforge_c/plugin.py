@@ -18,14 +18,11 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-import gradforge
-from gradforge.backend import Backend, Case, Result, Toolchain, find_tool, run_tool, write_files
-from gradforge.errors import ToolchainError
-from gradforge.ir import Assignment, Kernel, Program, check_vocabulary, count_operations
-from gradforge.printing import safe_names, shortest_repr
-from gradforge.protocol import decode_results, encode_cases
-from gradforge.rendering import render
-from gradforge.writer import header_text
+from gradforge.plugin_api import (Assignment, Backend, Case, Kernel, Program, Result,
+                                  Toolchain, ToolchainError, check_vocabulary,
+                                  count_operations, decode_results, encode_cases, find_tool,
+                                  header_text, hookimpl, render, run_tool,
+                                  safe_names, shortest_repr, write_files)
 
 from .printer import MATH_FUNCTIONS, GradforgeCPrinter
 
@@ -469,6 +466,6 @@ class CBackend(Backend):
         return decode_results(program, cases, output)
 
 
-@gradforge.hookimpl
+@hookimpl
 def gradforge_backends():
     return [CBackend()]

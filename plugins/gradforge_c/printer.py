@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from gradforge.printing import MAX_EXPANDED_POWER, CFamilyPrinter
+from gradforge.plugin_api import CFamilyPrinter, MAX_EXPANDED_POWER
 
 #: SymPy/C function name → its float variant in C99 <math.h>.
 FLOAT_FUNCTIONS = {name: name + "f" for name in

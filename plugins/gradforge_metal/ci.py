@@ -20,14 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import gradforge
-from gradforge.backend import Case
-from gradforge.printing import shortest_repr
-from gradforge.project import ProjectSpec
-from gradforge.reference import Reference
-from gradforge.rendering import render
-from gradforge.verification import make_cases
-from gradforge.writer import header_text
+from gradforge.plugin_api import (Case, ProjectSpec, Reference, compile_project, emit,
+                                  header_text, load_project, make_cases, render, shortest_repr)
 
 from .plugin import MetalBackend
 
@@ -36,8 +30,8 @@ TRAIN_EPOCHS = 3
 
 
 def repo_examples() -> Path:
-    """The examples folder of a source checkout (core/gradforge → repository root)."""
-    return Path(gradforge.__file__).resolve().parents[2] / "examples"
+    """The examples folder of a source checkout (plugins/gradforge_metal → repository root)."""
+    return Path(__file__).resolve().parents[2] / "examples"
 
 
 def mlp577_spec(precision: str = "float32") -> ProjectSpec:
@@ -62,7 +56,7 @@ def variants(examples: Path) -> list[tuple[str, ProjectSpec, dict]]:
     """(label, float32 spec, backend options) for every program the CI job builds."""
     out = []
     for name in EXAMPLES:
-        spec = gradforge.load_project(examples / name / "project.toml")
+        spec = load_project(examples / name / "project.toml")
         out.append((name, dataclasses.replace(spec, precision="float32"), {}))
     huber = dataclasses.replace(out[0][1], name="huber_simd")
     out.append(("huber_simd", huber, {"simd_reduction": True, "reduction_width": 3}))
@@ -82,7 +76,7 @@ def numpy_training(program, case: Case, epochs: int) -> list[float]:
     """θ after ``epochs`` of the NumPy backend's train() from ``case`` (the batching oracle)."""
     import numpy as np
     from gradforge_numpy.plugin import load_module
-    files = gradforge.emit(program, "numpy")
+    files = emit(program, "numpy")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{program.name}.py"
         path.write_text(files[path.name], encoding="utf-8")
@@ -124,7 +118,7 @@ def generate(out: Path, examples: Path | None = None,
     for label, spec, options in variants(examples or repo_examples()):
         if only is not None and label not in only:
             continue
-        program = gradforge.compile_project(spec)
+        program = compile_project(spec)
         resolved = backend.resolve_options(options)
         for rel, text in backend.emit(program, resolved).items():
             target = out / label / rel

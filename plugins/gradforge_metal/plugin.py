@@ -25,15 +25,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import sympy as sp
 
-import gradforge
-from gradforge.backend import (Backend, Case, Option, Result, Toolchain, find_tool, run_tool,
-                               write_files)
-from gradforge.errors import BackendError, ToolchainError
-from gradforge.ir import Assignment, Program, check_vocabulary
-from gradforge.printing import safe_names, shortest_repr
-from gradforge.protocol import decode_results, encode_cases
-from gradforge.rendering import render
-from gradforge.writer import header_text
+from gradforge.plugin_api import (Assignment, Backend, BackendError, Case, Option, Program,
+                                  Result, Toolchain, ToolchainError, check_vocabulary,
+                                  decode_results, encode_cases, find_tool, header_text,
+                                  hookimpl, render, run_tool, safe_names,
+                                  shortest_repr, write_files)
 
 from .printer import RESERVED, MetalPrinter
 
@@ -537,6 +533,6 @@ def swift_name(name: str) -> str:
     return f"`{name}`" if name in SWIFT_KEYWORDS else name
 
 
-@gradforge.hookimpl
+@hookimpl
 def gradforge_backends():
     return [MetalBackend()]

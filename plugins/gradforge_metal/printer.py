@@ -8,7 +8,7 @@ prints as Metal's built-in ``sign`` (``sign(±0) = 0``, the subgradient rule gra
 """
 from __future__ import annotations
 
-from gradforge.printing import CFamilyPrinter
+from gradforge.plugin_api import CFamilyPrinter
 
 #: C++14 keywords (MSL is based on C++14) and alternative tokens.
 CPP_KEYWORDS = {

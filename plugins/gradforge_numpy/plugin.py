@@ -9,13 +9,9 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-import gradforge
-from gradforge.backend import Backend, Case, Result, Toolchain
-from gradforge.errors import ToolchainError
-from gradforge.ir import Kernel, Program, check_vocabulary
-from gradforge.printing import safe_names, shortest_repr
-from gradforge.rendering import render
-from gradforge.writer import header_text
+from gradforge.plugin_api import (Backend, Case, Kernel, Program, Result, Toolchain,
+                                  ToolchainError, check_vocabulary, header_text, hookimpl,
+                                  render, safe_names, shortest_repr)
 
 from .printer import GradforgeNumPyPrinter
 
@@ -183,6 +179,6 @@ def load_module(path: Path, name: str):
     return module
 
 
-@gradforge.hookimpl
+@hookimpl
 def gradforge_backends():
     return [NumpyBackend()]

@@ -9,8 +9,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from gradforge.errors import BackendError
-from gradforge.printing import shortest_repr
+from gradforge.plugin_api import BackendError, shortest_repr
 
 
 class GradforgeNumPyPrinter(NumPyPrinter):

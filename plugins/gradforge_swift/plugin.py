@@ -23,18 +23,11 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-import gradforge
-from gradforge.backend import Backend, Case, Option, Result, Toolchain, find_tool, run_tool, \
-    write_files
-from gradforge.errors import ProjectError, ToolchainError
-from gradforge.ir import Kernel, Optimizer, Program, check_vocabulary
-from gradforge.model import Namer
-from gradforge.optimizers import build_optimizer
-from gradforge.printing import safe_names
-from gradforge.project import TrainingSpec
-from gradforge.protocol import decode_results, encode_cases
-from gradforge.rendering import render
-from gradforge.writer import header_text
+from gradforge.plugin_api import (Backend, Case, Kernel, Namer, Optimizer, Option, Program,
+                                  ProjectError, Result, Toolchain, ToolchainError,
+                                  TrainingSpec, build_optimizer, check_vocabulary,
+                                  decode_results, encode_cases, find_tool, header_text,
+                                  hookimpl, render, run_tool, safe_names, write_files)
 
 from .printer import SwiftPrinter
 
@@ -525,6 +518,6 @@ class _Context:
         }
 
 
-@gradforge.hookimpl
+@hookimpl
 def gradforge_backends():
     return [SwiftBackend()]

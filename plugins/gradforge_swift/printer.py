@@ -20,8 +20,7 @@ import re
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 
-from gradforge.errors import BackendError
-from gradforge.printing import CFamilyPrinter
+from gradforge.plugin_api import BackendError, CFamilyPrinter
 
 #: A sum with more terms than this is split into partial sums.
 MAX_TERMS = 8
