@@ -22,11 +22,24 @@ from conftest import EXAMPLES, IN_CI, example_path
 from random_models import random_project
 
 RANDOM_SEEDS = (11, 12)
-SUBJECTS = [f"example:{name}" for name in EXAMPLES] + [f"random:{s}" for s in RANDOM_SEEDS]
+SUBJECTS = [f"example:{name}" for name in EXAMPLES] + [f"random:{s}" for s in RANDOM_SEEDS] \
+    + ["numerics:stable"]
+
+
+def _numerics_spec():
+    """log1p, expm1 and the one-exp softplus/sigmoid far out on both tails (|u| ~ 100)."""
+    return gradforge.ProjectSpec.create(
+        name="numerics", parameters={"a": 0.7, "b": -0.3, "c": 0.2},
+        inputs={"x": {}}, targets={"y": {}},
+        prediction="softplus(60*(a*x + b)) / 60 - 3*sigmoid(-50*(a*x - c)) "
+                   "+ log1p(c*c*x*x) + expm1(0.5*tanh(b*x))",
+        loss="(prediction - y)**2", reduction="mean")
 
 
 def _base_spec(subject: str):
     kind, name = subject.split(":")
+    if kind == "numerics":
+        return _numerics_spec()
     if kind == "example":
         return gradforge.load_project(example_path(name))
     return random_project(int(name), precision="float32" if int(name) % 2 == 0 else "float64")

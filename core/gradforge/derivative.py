@@ -23,11 +23,16 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
 
 from .errors import BackendError
 
 Assignment = tuple[sp.Symbol, sp.Expr]
-_SUPPORTED_FUNCS = (sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.tanh, sp.Abs, sp.sign)
+_SUPPORTED_FUNCS = (sp.exp, sp.log, log1p, expm1, sp.sin, sp.cos, sp.tan, sp.tanh, sp.Abs,
+                    sp.sign)
+#: Sums up to this many terms are matched against their negation (longer ones: rarely negated,
+#: and negating them costs SymPy time on large models).
+_NEGATION_CSE_MAX_TERMS = 8
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,13 @@ class Tape:
         hit = self.memo.get(expr)
         if hit is not None:
             return hit
+        if isinstance(expr, sp.Add) and len(expr.args) <= _NEGATION_CSE_MAX_TERMS:
+            # u and -u are one value: b - a reuses a - b (one negation, not a second sum)
+            negated = self.memo.get(sp.Mul(sp.Integer(-1), expr))
+            if negated is not None and not negated.is_Number:
+                hit = self.record(sp.Mul(sp.Integer(-1), negated))
+                self.memo[expr] = hit
+                return hit
         node = self.shallow(expr)
         hit = self.memo.get(node)
         if hit is None:
@@ -139,6 +151,10 @@ def _local_partials(node: sp.Expr, value: sp.Symbol) -> Iterable[tuple[sp.Expr, 
             yield arg, value
         elif func is sp.log:
             yield arg, 1 / arg
+        elif func is log1p:
+            yield arg, 1 / (1 + arg)
+        elif func is expm1:
+            yield arg, value + 1
         elif func is sp.sin:
             yield arg, sp.cos(arg, evaluate=False)
         elif func is sp.cos:
@@ -185,6 +201,31 @@ def _times(adjoint: sp.Expr, partial: sp.Expr) -> sp.Expr:
         return sp.Piecewise(*[(_product(adjoint, e), c) for e, c in partial.args],
                             evaluate=False)
     return _product(adjoint, partial)
+
+
+def merge_piecewise(terms: Sequence[sp.Expr]) -> sp.Expr:
+    """Sum of ``terms`` in which Piecewise terms under the same conditions become one Piecewise
+    (branch-wise sums): one select per condition instead of one per term."""
+    plain: list[sp.Expr] = []
+    groups: dict[tuple, list[sp.Expr]] = {}
+    for term in terms:
+        if isinstance(term, sp.Piecewise):
+            key = tuple(c for _, c in term.args)
+            branches = [e for e, _ in term.args]
+            if key in groups:
+                groups[key] = [sp.Add(a, b) for a, b in zip(groups[key], branches)]
+            else:
+                groups[key] = branches
+        else:
+            plain.append(term)
+    for key, branches in groups.items():
+        if all(b == branches[0] for b in branches[1:]):
+            plain.append(branches[0])
+        else:
+            plain.append(sp.Piecewise(*zip(branches, key), evaluate=False))
+    if len(plain) == 1:
+        return plain[0]
+    return sp.Add(*plain)
 
 
 def _symbols_in(expr) -> list[sp.Symbol]:
@@ -303,9 +344,11 @@ def reverse(tape: Tape, root: sp.Expr, wrt: Sequence[sp.Symbol]) -> StraightLine
         if not contributions:
             continue
         adjoint = namer.symbol(f"d_{symbol}") if symbol in tape.named else tape.temp()
-        value = sp.Add(*contributions)
+        value = merge_piecewise(contributions)
+        if value == 0:
+            continue
         reverse.append((adjoint, value))
-        if isinstance(value, sp.Piecewise):
+        if isinstance(value, sp.Piecewise) and any(e == 0 for e, _ in value.args):
             # push later partials into the branches too: a branch whose adjoint is exactly 0
             # must stay 0 even where the partial is infinite (sqrt at 0 behind a relu)
             adjoint = value

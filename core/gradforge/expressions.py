@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Union
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1 as _expm1, log1p as _log1p
 
 from .errors import ProjectError, did_you_mean
 
@@ -54,6 +55,7 @@ def _relation(func):
 
 
 exp, log, Abs, sign = _f(sp.exp), _f(sp.log), _f(sp.Abs), _f(sp.sign)
+log1p, expm1 = _f(_log1p), _f(_expm1)
 Lt, Le, Gt, Ge = _relation(sp.Lt), _relation(sp.Le), _relation(sp.Gt), _relation(sp.Ge)
 
 
@@ -106,14 +108,25 @@ def power(base: sp.Expr, exponent: sp.Expr) -> sp.Expr:
     return sp.Pow(base, exponent, evaluate=not base.has(sp.Piecewise))
 
 
+def _exp_minus_abs(u: sp.Expr) -> sp.Expr:
+    """e^(-|u|) in (0, 1]: never overflows. The exponent is a select (-u where u >= 0, else u)
+    rather than -Abs(u), so its derivative at u = 0 is that of the u >= 0 side (sign(0) = 0
+    would make softplus'(0) = 0 instead of 1/2)."""
+    return exp(Piecewise((mul(sp.Integer(-1), u), Ge(u, 0)), (u, True)))
+
+
 def sigmoid(u: sp.Expr) -> sp.Expr:
-    """Logistic function, split so that neither branch overflows for large |u|."""
-    return Piecewise((1 / (1 + exp(-u)), Ge(u, 0)), (exp(u) / (1 + exp(u)), True))
+    """Logistic function from the one transcendental e = e^(-|u|): 1/(1+e) for u >= 0, e/(1+e)
+    otherwise (no overflow for any finite u, full relative accuracy on both tails)."""
+    e = _exp_minus_abs(u)
+    r = power(add(sp.Integer(1), e), sp.Integer(-1))
+    return Piecewise((r, Ge(u, 0)), (mul(e, r), True))
 
 
 def softplus(u: sp.Expr) -> sp.Expr:
-    """log(1 + e^u), split so that neither branch overflows; derivative is sigmoid(u)."""
-    return Piecewise((u + log(1 + exp(-u)), Gt(u, 0)), (log(1 + exp(u)), True))
+    """log(1 + e^u) = max(u, 0) + log1p(e^(-|u|)): one exp and one log1p, stable for every finite
+    u; its derivative is sigmoid(u) from the same exp (1/2 at 0)."""
+    return add(Piecewise((u, Ge(u, 0)), (sp.Integer(0), True)), log1p(_exp_minus_abs(u)))
 
 
 def relu(u: sp.Expr) -> sp.Expr:
@@ -142,6 +155,8 @@ SCALAR_FUNCTIONS: dict[str, tuple[int | None, Callable[..., sp.Expr]]] = {
     "sign": (1, sign),
     "exp": (1, exp),
     "log": (1, log),
+    "log1p": (1, log1p),
+    "expm1": (1, expm1),
     "sqrt": (1, lambda u: power(u, sp.Rational(1, 2))),
     "sin": (1, _f(sp.sin)),
     "cos": (1, _f(sp.cos)),

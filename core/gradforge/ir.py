@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
 
 from .errors import BackendError
 
@@ -29,7 +30,7 @@ from .errors import BackendError
 VOCABULARY: tuple[type, ...] = (
     sp.Symbol, sp.Integer, sp.Rational, sp.Float, sp.NumberSymbol,
     sp.Add, sp.Mul, sp.Pow,
-    sp.exp, sp.log, sp.sin, sp.cos, sp.tan, sp.tanh, sp.Abs, sp.sign,
+    sp.exp, sp.log, log1p, expm1, sp.sin, sp.cos, sp.tan, sp.tanh, sp.Abs, sp.sign,
     sp.Piecewise, sp.core.relational.Relational, sp.And, sp.Or, sp.Not,
     sp.logic.boolalg.BooleanTrue, sp.logic.boolalg.BooleanFalse,
 )

@@ -20,6 +20,7 @@ from sympy.printing.c import C99CodePrinter
 from .errors import BackendError
 
 from .ir import MAX_EXPANDED_POWER  # x**n with |n| up to this prints as products
+from .ir import count_operations, walk
 
 
 def float32_round(value: float) -> float:
@@ -49,6 +50,21 @@ def shortest_repr(value: float, precision: str) -> str:
     return text
 
 
+#: A select computes both sides; it pays when each side costs at most this many operations
+#: and calls no function (an exp or a division on the side not taken costs more than a jump).
+CHEAP_SELECT_OPS = 4
+
+
+def cheap(expr) -> bool:
+    """Whether ``expr`` is cheap enough to compute even when it is not selected."""
+    for node in walk(expr):
+        if isinstance(node, sp.Function) and not isinstance(node, (sp.Abs, sp.sign)):
+            return False
+        if isinstance(node, sp.Pow) and not (node.exp.is_Integer and node.exp > 0):
+            return False
+    return count_operations([expr]) <= CHEAP_SELECT_OPS
+
+
 class CFamilyPrinter(C99CodePrinter):
     """C-syntax printer for one precision; subclasses adjust names and literal spelling.
 
@@ -67,6 +83,8 @@ class CFamilyPrinter(C99CodePrinter):
         super().__init__(settings or {})
         self.precision = self._settings["precision"]
         self.names: Mapping[str, str] = self._settings["names"]
+        #: whether a select helper call was printed (the file must then define the helper)
+        self.printed_select = False
         # SymPy would print 2/pi as M_2_PI, a double macro not defined under -std=c99 (and an
         # empty table given as a setting falls back to its defaults): numbers print as numbers
         self.math_macros = {}
@@ -159,12 +177,12 @@ class CFamilyPrinter(C99CodePrinter):
 
     def _print_Function(self, expr):
         name = expr.func.__name__
-        if name in ("exp", "log", "sin", "cos", "tan", "tanh"):
+        if name in ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh"):
             return self.call(name, *[self._print(a) for a in expr.args])
         raise BackendError(f"cannot print function {name}")
 
     _print_exp = _print_log = _print_sin = _print_cos = _print_tan = _print_tanh = \
-        _print_Function
+        _print_log1p = _print_expm1 = _print_Function
 
     def _print_Piecewise(self, expr):
         """Nested ``(c ? a : b)``, or ``select(c, a, b)`` when the ``select_function`` setting
@@ -173,6 +191,9 @@ class CFamilyPrinter(C99CodePrinter):
         if pairs[-1][1] != sp.true:
             raise BackendError(f"Piecewise without a default branch: {expr}")
         select = self._settings["select_function"]
+        if select and not all(cheap(value) for value, _ in pairs):
+            select = ""      # a call or a long formula on the side not taken: a real branch
+        self.printed_select = self.printed_select or bool(select)
         text = self._print(pairs[-1][0])
         for value, cond in reversed(pairs[:-1]):
             if select:

@@ -34,7 +34,7 @@ OPTIMIZER_KEYS: dict[str, dict[str, float]] = {
 
 #: Names the expression language gives a meaning of its own; user names may not shadow them.
 RESERVED_NAMES = frozenset({
-    "abs", "sign", "exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "softplus",
+    "abs", "sign", "exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "softplus",
     "relu", "max", "min", "clip", "where", "sum", "dot", "range", "prediction", "pi",
     "and", "or", "not", "for", "in", "if", "True", "False", "None", "lambda",
 })

@@ -160,9 +160,9 @@ class _Emitter:
     def expr(self, expr: sp.Expr) -> str:
         if expr.has(sp.sign):
             self.uses_sign = True
-        if expr.has(sp.Piecewise):
-            self.uses_select = True
-        return self.printer.doprint(expr)
+        text = self.printer.doprint(expr)
+        self.uses_select = self.printer.printed_select
+        return text
 
     def literal(self, value: float) -> str:
         return shortest_repr(value, self.program.precision) + (

@@ -16,7 +16,8 @@ from gradforge.plugin_api import CFamilyPrinter, MAX_EXPANDED_POWER
 
 #: SymPy/C function name → its float variant in C99 <math.h>.
 FLOAT_FUNCTIONS = {name: name + "f" for name in
-                   ("exp", "log", "sin", "cos", "tan", "tanh", "sqrt", "fabs", "pow")}
+                   ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh", "sqrt", "fabs",
+                    "pow")}
 
 #: The <math.h> functions the generated code calls (both precisions), for name escaping.
 MATH_FUNCTIONS = frozenset(FLOAT_FUNCTIONS) | frozenset(FLOAT_FUNCTIONS.values())

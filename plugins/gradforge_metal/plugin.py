@@ -50,13 +50,20 @@ DEFAULT_GRIDS = ((32, 2), (7, 3), (64, 1), (1, 4))
 CXX_FLAGS = ("-std=c++20", "-Wall", "-Wextra", "-Wdouble-promotion", "-Wconversion",
              "-Wshadow", "-Werror")
 
+def _uses(program: Program, function: str) -> bool:
+    """Whether any kernel calls ``function`` (its MSL helper is emitted only then)."""
+    return any(type(node).__name__ == function
+               for _, kernel in program.kernels() for expr in kernel.expressions()
+               for node in sp.preorder_traversal(expr))
+
+
 #: Names the generated code uses itself (locals, buffers, thread arguments).
 GENERATED = {
     "theta", "gradient", "objective", "partials", "constants", "batch", "order",
     "predictions", "hyper", "scalar_state", "acc", "scratch", "sample", "stride",
     "thread_index", "group_index", "group_size", "group_count", "simd_lane", "simd_group",
     "simd_size", "simd_groups", "column", "row", "total", "scale", "width", "chunk", "lane_total",
-    "value", "i", "j", "s", "k", "n", "count", "offset", "groups",
+    "value", "i", "j", "s", "k", "n", "count", "offset", "groups", "gf_log1p", "gf_expm1",
 }
 
 
@@ -414,6 +421,8 @@ class MetalBackend(Backend):
             "capacity": capacity,
             "scratch": scratch,
             "simd": simd,
+            "uses_log1p": _uses(program, "log1p"),
+            "uses_expm1": _uses(program, "expm1"),
             "fast_math": bool(opts.get("fast_math", False)),
             "reduction": program.reduction,
             "dense": dense,

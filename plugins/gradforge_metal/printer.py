@@ -60,7 +60,8 @@ class MetalPrinter(CFamilyPrinter):
 
     _default_settings = dict(CFamilyPrinter._default_settings, precision="float32",
                              literal_suffix="f", sign_function="sign",
-                             function_names={"fabs": "fabs"}, pow_function="pow")
+                             function_names={"fabs": "fabs", "log1p": "gf_log1p",
+                                             "expm1": "gf_expm1"}, pow_function="pow")
 
     def __init__(self, names):
         super().__init__({"names": names, "precision": "float32", "literal_suffix": "f",
