@@ -1,4 +1,5 @@
-"""The ``gradforge`` command line: build, verify, explain, plugins, init.
+"""The ``gradforge`` command line: build, verify, explain, plugins, init (train and predict
+live in train_cli.py).
 
 Exit status: 0 success; 1 ``build --check`` found changes or ``verify`` found a mismatch;
 2 a user error (bad project file, unknown backend, refused overwrite), printed as one line
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write a commented starter project")
     init.add_argument("folder", type=Path, nargs="?", default=Path("."))
     init.add_argument("--name", default=None, help="project name (default: folder name)")
+
+    from .train_cli import add_parsers
+    COMMANDS.update(add_parsers(sub))      # train, predict
     return parser
 
 

@@ -96,7 +96,22 @@ def to_json(pf: ParamsFile) -> str:
                           for name in pf.shapes]}
     for key, value in pf.info.items():
         doc[key] = _number(value) if isinstance(value, float) else value
-    return json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    return dumps(doc)
+
+
+def dumps(doc: Mapping[str, Any]) -> str:
+    """JSON with one line per top-level key and one line per parameter (readable diffs, and
+    a 10⁴-parameter file is not 10⁴ lines)."""
+    items = list(doc.items())
+    lines = ["{"]
+    for i, (key, value) in enumerate(items):
+        if key == "parameters":
+            body = ",\n".join("  " + json.dumps(e, allow_nan=False) for e in value)
+            text = f' "parameters": [\n{body}\n ]'
+        else:
+            text = f" {json.dumps(key)}: {json.dumps(value, allow_nan=False)}"
+        lines.append(text + ("," if i < len(items) - 1 else ""))
+    return "\n".join(lines + ["}"]) + "\n"
 
 
 def to_text(pf: ParamsFile) -> str:
