@@ -194,7 +194,7 @@ def column_names(path: Path) -> list[str]:
     return [c.strip() for c in next(csv.reader([header]))]
 
 
-def _numeric(array, path: Path, column: str, dtype, drop_invalid: bool):
+def _numeric(array, path: Path, column: str, dtype, drop_invalid: bool, row_offset: int = 0):
     """Column → (float ndarray, mask of invalid rows or None); a DataError on the first bad
     cell unless ``drop_invalid``."""
     import pyarrow as pa
@@ -219,7 +219,7 @@ def _numeric(array, path: Path, column: str, dtype, drop_invalid: bool):
                 parsed.append(math.nan)
                 bad_rows.append(i)
                 if not drop_invalid:
-                    raise DataError(f"{path}: row {i + 1}, column '{column}': {cell!r} is not "
+                    raise DataError(f"{path}: row {row_offset + i + 1}, column '{column}': {cell!r} is not "
                                     f"a number (fix the cell, or pass --drop-invalid to skip "
                                     f"such rows)") from None
         values = pa.array(parsed, pa.float64())
@@ -232,10 +232,89 @@ def _numeric(array, path: Path, column: str, dtype, drop_invalid: bool):
         bad = mask if bad is None else (bad | mask)
     if bad is not None and bad.any() and not drop_invalid:
         row = int(numpy.argmax(bad))
-        raise DataError(f"{path}: row {row + 1}, column '{column}': empty cell (fill it, or "
+        raise DataError(f"{path}: row {row_offset + row + 1}, column '{column}': empty cell (fill it, or "
                         f"pass --drop-invalid to skip such rows)")
     out = numpy.asarray(values.fill_null(math.nan).to_numpy(zero_copy_only=False), dtype=dtype)
     return out, bad
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """What reading needs to know about a field (picklable: Dask workers get these)."""
+
+    name: str
+    role: str
+    shape: tuple[int, ...]
+
+
+def layouts(fields: Sequence) -> tuple[FieldLayout, ...]:
+    return tuple(FieldLayout(f.name, f.role, tuple(f.shape)) for f in fields)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One unit of reading: a whole file, or one Parquet row group (rows counted from
+    ``row_offset`` so errors name the row in the file)."""
+
+    path: Path
+    row_group: int | None = None
+    row_offset: int = 0
+
+
+def pieces(files: Sequence[Path], split_row_groups: bool = False) -> list[Piece]:
+    """Files → pieces (Parquet row groups when ``split_row_groups``), in file order."""
+    out = []
+    for path in files:
+        if split_row_groups and SUFFIXES[path.suffix.lower()] == "parquet":
+            _, _, papq = pyarrow_modules()
+            meta = papq.ParquetFile(path).metadata
+            offset = 0
+            for g in range(meta.num_row_groups):
+                out.append(Piece(path, g, offset))
+                offset += meta.row_group(g).num_rows
+        else:
+            out.append(Piece(path))
+    return out
+
+
+def check_columns(files: Sequence[Path], fields: Sequence, need_targets: bool = True) -> None:
+    """Every file has every needed column (reads headers/schemas only)."""
+    for path in files:
+        map_columns(fields, column_names(path), str(path), need_targets)
+
+
+def read_piece(piece: Piece, fields: Sequence, precision: str = "float64",
+               drop_invalid: bool = False, need_targets: bool = True):
+    """One piece → ({field: (rows, size) array}, rows, dropped, {field: column names})."""
+    dtype = numpy.float32 if precision == "float32" else numpy.float64
+    path = piece.path
+    names = column_names(path)
+    mapped = map_columns(fields, names, str(path), need_targets)
+    wanted = [c for fc in mapped for c in fc.columns]
+    if piece.row_group is None:
+        table = read_table(path, wanted)
+    else:
+        _, _, papq = pyarrow_modules()
+        table = papq.ParquetFile(path).read_row_group(piece.row_group, columns=wanted)
+    if table.num_rows == 0 and piece.row_group is None:
+        raise DataError(f"{path}: no rows (the file has a header only)")
+    invalid = numpy.zeros(table.num_rows, dtype=bool)
+    blocks, mapping = {}, {}
+    for fc in mapped:
+        cols = []
+        for column in fc.columns:
+            values, bad = _numeric(table.column(column), path, column, dtype, drop_invalid,
+                                   piece.row_offset)
+            if bad is not None:
+                invalid |= bad
+            cols.append(values)
+        blocks[fc.name] = numpy.stack(cols, axis=1) if len(cols) > 1 else cols[0][:, None]
+        mapping[fc.name] = fc.columns
+    dropped = int(invalid.sum())
+    if dropped:
+        blocks = {k: v[~invalid] for k, v in blocks.items()}
+    blocks = {k: numpy.ascontiguousarray(v, dtype=dtype) for k, v in blocks.items()}
+    return blocks, table.num_rows - dropped, dropped, mapping
 
 
 def read_dataset(source, fields: Sequence, precision: str = "float64",
@@ -244,31 +323,14 @@ def read_dataset(source, fields: Sequence, precision: str = "float64",
     with ``name``, ``role``, ``shape``). Nothing is returned until every file has passed."""
     dtype = numpy.float32 if precision == "float32" else numpy.float64
     files = resolve_files(source)
+    check_columns(files, fields, need_targets)
     parts: dict[str, list[numpy.ndarray]] = {}
     dropped = 0
     mapping: dict[str, tuple[str, ...]] = {}
-    for path in files:
-        names = column_names(path)
-        mapped = map_columns(fields, names, str(path), need_targets)
-        wanted = [c for fc in mapped for c in fc.columns]
-        table = read_table(path, wanted)
-        if table.num_rows == 0:
-            raise DataError(f"{path}: no rows (the file has a header only)")
-        invalid = numpy.zeros(table.num_rows, dtype=bool)
-        blocks = {}
-        for fc in mapped:
-            cols = []
-            for column in fc.columns:
-                values, bad = _numeric(table.column(column), path, column, dtype, drop_invalid)
-                if bad is not None:
-                    invalid |= bad
-                cols.append(values)
-            blocks[fc.name] = numpy.stack(cols, axis=1) if len(cols) > 1 else cols[0][:, None]
-            mapping[fc.name] = fc.columns
-        if invalid.any():
-            dropped += int(invalid.sum())
-            keep = ~invalid
-            blocks = {k: v[keep] for k, v in blocks.items()}
+    for piece in pieces(files):
+        blocks, _, lost, mapping = read_piece(piece, fields, precision, drop_invalid,
+                                              need_targets)
+        dropped += lost
         for name, block in blocks.items():
             parts.setdefault(name, []).append(block)
     columns = {name: numpy.ascontiguousarray(numpy.concatenate(blocks) if len(blocks) > 1

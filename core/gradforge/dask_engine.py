@@ -1,0 +1,159 @@
+"""``--engine dask``: the IR's map-reduce over samples, run on a Dask cluster.
+
+Each evaluation maps the generated NumPy kernels over the partitions where they live (per
+partition: the sum of the loss and of its gradient; JᵀJ and Jᵀr for Levenberg–Marquardt when
+the generated module offers them), gathers the partial sums and adds them **in partition
+order** on the driver, then applies the reduction (mean) and the regularizer. The optimizer
+runs unchanged on the driver, so full-batch methods (lbfgs, lm, gradient descent with
+``batch_size = 0``) give the in-memory iterates to rounding. Mini-batch optimizers are refused:
+a mini-batch needs a global shuffle across partitions.
+
+Partitions are the files, and the row groups of Parquet files: each worker reads its own
+partitions once with pyarrow (data errors still name file, row and column) and keeps them in
+memory for the whole run (``client.compute`` futures). A data set larger than the cluster's
+memory therefore needs more workers, not a bigger driver.
+
+Without ``scheduler`` a ``distributed.LocalCluster`` is started on this machine's cores (one
+thread per worker process) and closed at the end; with ``scheduler="tcp://host:8786"`` the
+run uses that cluster (the data paths must be readable by its workers).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import types
+
+import numpy
+
+from .data import DataError, check_columns, layouts, pieces, read_piece, resolve_files
+from .errors import GradforgeError
+
+_WORKER_MODULES: dict[str, types.ModuleType] = {}
+
+
+def _module(source: str) -> types.ModuleType:
+    """The generated NumPy module on a worker, built once per process from its text."""
+    key = hashlib.sha256(source.encode()).hexdigest()
+    module = _WORKER_MODULES.get(key)
+    if module is None:
+        module = types.ModuleType("gradforge_generated_dask")
+        exec(compile(source, "<gradforge generated>", "exec"), module.__dict__)
+        _WORKER_MODULES[key] = module
+    return module
+
+
+def _load(piece, fields, precision, drop_invalid):
+    blocks, n, dropped, _ = read_piece(piece, fields, precision, drop_invalid)
+    return blocks, n, dropped
+
+
+def _partial(part, theta, source, constants, with_gradient):
+    """One partition's sums: (Σ loss, Σ ∂loss/∂θ or None, n)."""
+    m = _module(source)
+    blocks, n, _ = part
+    if n == 0:
+        return 0.0, (numpy.zeros(m.NUM_PARAMS, dtype=m.DTYPE) if with_gradient else None), 0
+    c = m._constants(constants)
+    with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if with_gradient:
+            loss, grad = m._loss_and_gradient(theta, blocks, c, n)
+            return loss, grad, n
+        return m._total(m._loss(theta, blocks, c, n), n), None, n
+
+
+def _count(part):
+    return part[1], part[2]
+
+
+class DaskEvaluator:
+    """value_and_grad / objective over data held by Dask workers."""
+
+    name = "dask"
+
+    def __init__(self, program, module, data, *, constants=None, scheduler=None,
+                 workers=None, drop_invalid=False):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise GradforgeError("--engine dask needs dask.distributed: "
+                                 "pip install 'gradforge[dask]'") from None
+        from .api import emit
+        self.program, self.module = program, module
+        self.constants = dict(constants or {})
+        files = resolve_files(data)
+        check_columns(files, program.fields)
+        self.cluster = None
+        if scheduler:
+            try:
+                self.client = Client(scheduler, timeout=30)
+            except OSError as err:
+                raise GradforgeError(f"--scheduler {scheduler}: cannot connect ({err})") from None
+        else:
+            count = workers or os.cpu_count() or 1
+            self.cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
+                                        dashboard_address=None)
+            self.client = Client(self.cluster)
+        try:
+            source = next(iter(emit(program, "numpy").values()))
+            self.source = self.client.scatter(source, broadcast=True)
+            fields = layouts(program.fields)
+            self.parts = [self.client.submit(_load, piece, fields, program.precision,
+                                             drop_invalid, pure=False)
+                          for piece in pieces(files, split_row_groups=True)]
+            counts = self.client.gather([self.client.submit(_count, p) for p in self.parts])
+        except BaseException:
+            self.close()
+            raise
+        self.n = sum(n for n, _ in counts)
+        self.dropped = sum(d for _, d in counts)
+        self.partitions = len(self.parts)
+        if self.n == 0:
+            self.close()
+            raise DataError(f"{files[0]}: no valid rows")
+
+    def _sums(self, theta, with_gradient):
+        theta = numpy.asarray(theta, dtype=self.module.DTYPE)
+        futures = [self.client.submit(_partial, p, theta, self.source, self.constants,
+                                      with_gradient, pure=False) for p in self.parts]
+        results = self.client.gather(futures)          # a list, in partition order
+        m = self.module
+        total = m.DTYPE(0)
+        grad = numpy.zeros(m.NUM_PARAMS, dtype=m.DTYPE) if with_gradient else None
+        for loss, g, _ in results:                     # fixed order: same sum every run
+            total = total + loss
+            if with_gradient:
+                grad = grad + g
+        return total, grad
+
+    def _finish(self, theta, total, grad, with_gradient):
+        """Reduction and regularizer on the driver, as the generated _value_and_grad_flat."""
+        m = self.module
+        if self.program.reduction == "mean":
+            scale = m.DTYPE(1) / m.DTYPE(self.n)
+            total = total * scale
+            if with_gradient:
+                grad = grad * scale
+        if self.program.regularizer is not None:
+            value, reg_grad = m._regularizer(theta, {}, m._constants(self.constants), 0)
+            total = total + value
+            if with_gradient:
+                grad = grad + reg_grad
+        return total, grad
+
+    def value_and_grad(self, theta):
+        theta = numpy.asarray(theta, dtype=self.module.DTYPE)
+        total, grad = self._sums(theta, True)
+        return self._finish(theta, total, grad, True)
+
+    def objective(self, theta):
+        theta = numpy.asarray(theta, dtype=self.module.DTYPE)
+        total, _ = self._sums(theta, False)
+        return self._finish(theta, total, None, False)[0]
+
+    def close(self):
+        client, cluster = getattr(self, "client", None), self.cluster
+        self.client = self.cluster = None
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
