@@ -137,11 +137,15 @@ class _Emitter:
             "data", "constants", "optimizer", "default_constants", "init_params", "objective",
             "value_and_grad", "value_and_grad_indexed", "predict", "optimizer_init",
             "optimizer_reset", "optimizer_step", "train", "sum_loss", "sum_loss_and_grad",
-            "regularizer", "defaults", "initial_params")}
+            "regularizer", "defaults", "initial_params", "load_params", "read_params",
+            "params_error", "params_pass", "parameter_table")}
         own |= {f"{u}_{suffix}" for suffix in (
             "NUM_PARAMS", "DEFAULT_CONSTANTS", "DEFAULT_EPOCHS", "DEFAULT_BATCH_SIZE",
-            "DEFAULT_SEED", "H")}
-        own |= {f"GRADFORGE_{u}_H"}
+            "DEFAULT_SEED", "H", "MODEL_HASH", "PARAMETER_COUNT", "PARAMS_H", "PARAMS_OK",
+            "PARAMS_CANNOT_OPEN", "PARAMS_NOT_A_PARAMS_FILE", "PARAMS_OTHER_MODEL",
+            "PARAMS_UNKNOWN_PARAMETER", "PARAMS_WRONG_COUNT", "PARAMS_BAD_NUMBER",
+            "PARAMS_MISSING_PARAMETER")}
+        own |= {f"GRADFORGE_{u}_H", f"GRADFORGE_{u}_PARAMS_H"}
         own |= {f"{u}_OFFSET_{q.name}" for q in self.program.parameters}
         own |= {f"{u}_SIZE_{q.name}" for q in self.program.parameters}
         own |= {f"{u}_SIZE_{f.name}" for f in self.fields}
@@ -340,6 +344,7 @@ class _Emitter:
             "header": header_text(prog.source),
             "source": Path(prog.source).name if prog.source else None,
             "prefix": self.prefix, "upper": self.upper, "T": self.T,
+            "model_hash": prog.model_hash,
             "precision": prog.precision, "reduction": prog.reduction,
             "num_params": prog.num_params,
             "parameters": [{"name": p.name, "shape": shape(p.shape), "offset": p.offset,
@@ -372,6 +377,9 @@ def emit_files(program: Program) -> dict[str, str]:
     return {
         f"{program.name}.h": render("gradforge_c", "header.h.j2", **context),
         f"{program.name}.c": render("gradforge_c", "source.c.j2", **context),
+        # the params.txt reader: apart, because it needs <stdio.h>
+        f"{program.name}_params.h": render("gradforge_c", "params.h.j2", **context),
+        f"{program.name}_params.c": render("gradforge_c", "params.c.j2", **context),
     }
 
 
