@@ -332,3 +332,40 @@ def test_backend_is_registered(registry):
     assert [t.name for t in backend.toolchains()] == ["gcc"]
     assert backend.can_run
     assert compile_flags("float32")[-2:] == ["-Wdouble-promotion", "-Wconversion"]
+
+
+@pytest.mark.toolchain
+def test_predict_with_null_targets(gcc, scratch):
+    """Issue 7 item 5: predict takes inputs only — the header says the target pointers may be
+    NULL, and a program that passes NULL compiles strictly, runs, and prints the reference's
+    predictions."""
+    from gradforge.backend import Case
+    spec = spec_for("huber", "float64")
+    program = compile_project(spec)
+    files = gradforge.emit(program, "c")
+    assert "target pointers may be NULL" in files["huber.h"]
+    rows = [(0.5, -1.0, 0.25, 2.0), (-0.3, 0.1, 1.5, -0.7), (1.2, 0.0, -0.4, 0.9)]
+    folder = scratch / "predict_null"
+    folder.mkdir()
+    for rel, text in files.items():
+        (folder / rel).write_text(text)
+    values = ", ".join(repr(v) for row in rows for v in row)
+    (folder / "main.c").write_text(
+        '#include "huber.h"\n#include <stdio.h>\n\nint main(void)\n{\n'
+        f'    static const double x[] = {{ {values} }};\n'
+        '    double params[HUBER_NUM_PARAMS], out[3];\n'
+        '    huber_data inputs = { x, NULL, 3 };   /* no targets */\n'
+        '    size_t s;\n'
+        '    huber_init_params(params);\n'
+        '    huber_predict(params, &inputs, NULL, out);\n'
+        '    for (s = 0; s < 3; s++)\n        printf("%.17g\\n", out[s]);\n'
+        '    return 0;\n}\n')
+    subprocess.run([gcc, *compile_flags("float64"), "-O2", "-I", str(folder), "-o",
+                    str(folder / "main"), str(folder / "main.c"), str(folder / "huber.c"),
+                    "-lm"], check=True, capture_output=True, text=True)
+    got = [float(v) for v in subprocess.run([str(folder / "main")], check=True,
+                                            capture_output=True, text=True).stdout.split()]
+    theta = tuple(v for p in program.parameters for v in p.init)
+    case = Case(theta, {"x": tuple(rows), "y": ((0.0,),) * 3}, {})
+    want = Reference(spec).expected(case).predictions
+    assert got == pytest.approx(list(want), rel=1e-12)

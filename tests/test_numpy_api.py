@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import gradforge
 from gradforge_numpy.plugin import load_module
@@ -70,3 +71,18 @@ def test_library_api_without_toml(tmp_path):
     t = np.linspace(-1, 1, 21)
     trained = m.train(m.init_params(), {"t": t, "s": 3 * t - 1})
     assert abs(trained["k"] - 3) < 1e-3 and abs(trained["d"] + 1) < 1e-3
+
+
+def test_predict_takes_inputs_only(tmp_path):
+    """Issue 7 item 5: ``predict(p, {"x": …})`` without targets (it raised KeyError 'y')."""
+    m = load(tmp_path, example_path("huber"))
+    assert m.INPUTS == ("x",)
+    data = read_csv(example_path("huber").parent / "data.csv")
+    params = m.init_params()
+    inputs_only = m.predict(params, {"x": data["x"]})
+    np.testing.assert_array_equal(inputs_only, m.predict(params, data))
+    assert inputs_only.shape == (80,)
+    with pytest.raises(KeyError, match="'x'"):
+        m.predict(params, {"y": data["y"]})
+    with pytest.raises(KeyError, match="'y'"):          # the loss still needs the targets
+        m.objective(params, {"x": data["x"]})

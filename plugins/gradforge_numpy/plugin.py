@@ -120,7 +120,7 @@ class NumpyBackend(Backend):
             precision=program.precision, num_params=program.num_params,
             parameters=[{"name": p.name, "shape_tuple": _shape_tuple(p.shape),
                          "offset": p.offset} for p in program.parameters],
-            fields=[{"name": f.name, "shape_tuple": _shape_tuple(f.shape)}
+            fields=[{"name": f.name, "shape_tuple": _shape_tuple(f.shape), "role": f.role}
                     for f in program.fields],
             constants=[{"name": c.name, "default": shortest_repr(c.default, "float64")}
                        for c in program.constants],
@@ -159,7 +159,9 @@ class NumpyBackend(Backend):
                     for f in program.fields}
             value, grads = module.value_and_grad(params, data, case.constants)
             grad = module.flatten(grads)
-            pred = module.predict(params, data, case.constants)
+            # inputs only (a model without inputs still needs a field to count the samples)
+            inputs = {name: data[name] for name in module.INPUTS} or data
+            pred = module.predict(params, inputs, case.constants)
             state = module.init_optimizer_state()
             stepped = module.optimizer_step(module.flatten(params), grad, state)
             results.append(Result(float(value), tuple(map(float, grad)),
