@@ -26,6 +26,8 @@ from gradforge.writer import MARKER
 
 from conftest import EXAMPLES, ROOT, example_path, require_tool
 
+EXAMPLES_DIR = ROOT / "examples"
+
 from gradforge_swift.plugin import SwiftBackend, module_name, swift_build_command, \
     swiftpm_options
 from gradforge_swift.printer import MAX_TERMS, SwiftPrinter
@@ -244,6 +246,174 @@ def test_keywords_project_compiles_everywhere(built, tmp_path):
     assert set(params) == {"self_", "func_", "gradient_", "Type_", "count_"}
     missing = swift_run([trainer, data_csv, "--constant", "nope=1"])
     assert missing.returncode == 2 and "unknown constant nope" in missing.stderr
+
+
+# ------------------------------------------- two models in one app (Swift 6, release)
+
+#: A model whose domain excludes the old synthetic data (uniform in [-1, 1]): s near -km is a
+#: pole and 1 + prediction < 0 has no log. Its generated XCTests must still pass.
+MICHAELIS_PROJECT = """\
+[project]
+name = "michaelis"
+
+[parameters]
+vmax = 1.5
+km = 0.3
+
+[inputs]
+s = {}
+
+[targets]
+v = {}
+
+[model]
+prediction = "vmax*s/(km + s)"
+loss = "(log(1 + prediction) - log(1 + v))**2"
+
+[backends.swift]
+"""
+
+APP_MANIFEST = """\
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "App",
+    dependencies: [
+        .package(path: "../huber/build/swift/Huber"),
+        .package(path: "../michaelis/build/swift/Michaelis"),
+    ],
+    targets: [
+        .executableTarget(name: "App", dependencies: [
+            .product(name: "Huber", package: "Huber"),
+            .product(name: "Michaelis", package: "Michaelis"),
+        ], path: "Sources/App"),
+    ],
+    swiftLanguageModes: [.v6]
+)
+"""
+
+APP_MAIN = """\
+import Foundation
+import Huber
+import Michaelis
+
+switch CommandLine.arguments.dropFirst().first ?? "" {
+case "predict":
+    // inputs only: no targets anywhere
+    let huber = HuberModel.predict(HuberParameters(), on: HuberInputs(x: [0.5, -1.0, 0.25, 2.0, -0.3, 0.1, 1.5, -0.7]))
+    let michaelis = MichaelisModel.predict(MichaelisParameters(), on: MichaelisInputs(s: [0.5, 2.0]))
+    print((huber + michaelis).map { "\\($0)" }.joined(separator: " "))
+case "objective-short-array":
+    var parameters = HuberParameters()
+    parameters.w = [1.0]
+    print(HuberModel.objective(parameters, on: HuberData(x: [1, 2, 3, 4], y: [1])))
+case "predict-long-array":
+    var parameters = HuberParameters()
+    parameters.w = [1, 2, 3, 4, 5]
+    print(HuberModel.predict(parameters, on: HuberInputs(x: [1, 2, 3, 4])))
+case "decode-short-array":
+    do {
+        _ = try JSONDecoder().decode(HuberParameters.self, from: Data(#"{"w": [1, 2], "b": 0}"#.utf8))
+        print("decoded")
+    } catch {
+        print("refused: \\(error)")
+    }
+default:
+    print("usage: App predict|objective-short-array|predict-long-array|decode-short-array")
+}
+"""
+
+SWIFT6 = ["-Xswiftc", "-swift-version", "-Xswiftc", "6"]
+
+
+@pytest.fixture(scope="module")
+def two_models(swift, tmp_path_factory):
+    """Huber and a Michaelis-Menten model, each built into its default folder (as a user would,
+    with `gradforge build`), plus an app package that depends on both."""
+    root = tmp_path_factory.mktemp("two_models")
+    (root / "huber").mkdir()
+    for name in ("project.toml", "data.csv"):
+        (root / "huber" / name).write_text((EXAMPLES_DIR / "huber" / name).read_text())
+    (root / "michaelis").mkdir()
+    (root / "michaelis" / "project.toml").write_text(MICHAELIS_PROJECT)
+    for model in ("huber", "michaelis"):
+        gradforge.build(root / model / "project.toml", backends=["swift"])
+    app = root / "app"
+    (app / "Sources" / "App").mkdir(parents=True)
+    (app / "Package.swift").write_text(APP_MANIFEST)
+    (app / "Sources" / "App" / "main.swift").write_text(APP_MAIN)
+    return root
+
+
+@pytest.mark.toolchain
+def test_two_models_in_one_app_swift6_release(two_models):
+    """Issue 7 item 6: both default packages resolve side by side (distinct identities), build
+    in Swift 6 language mode in release, predict from inputs only (item 5), and a parameter
+    array of the wrong length stops `objective`/`predict` (no out-of-bounds read) and fails
+    decoding."""
+    app = two_models / "app"
+    scratch, cache = two_models / "app-build", two_models / "app-cache"
+    proc = swift_run(["swift", "build", *swiftpm_options(app, scratch, cache), "-c", "release",
+                      *SWIFT6, "-Xswiftc", "-warnings-as-errors"], timeout=1800)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    binary = scratch / "release" / "App"
+
+    out = swift_run([binary, "predict"])
+    assert out.returncode == 0, out.stderr
+    got = [float(v) for v in out.stdout.split()]
+    want = []
+    for model, inputs in (("huber", {"x": ((0.5, -1.0, 0.25, 2.0), (-0.3, 0.1, 1.5, -0.7))}),
+                          ("michaelis", {"s": ((0.5,), (2.0,))})):
+        spec = gradforge.load_project(two_models / model / "project.toml")
+        program = gradforge.compile_project(spec)
+        theta = tuple(v for p in program.parameters for v in p.init)
+        n = len(next(iter(inputs.values())))
+        data = {f.name: inputs.get(f.name, ((0.0,) * f.size,) * n) for f in program.fields}
+        want += Reference(spec).expected(Case(theta, data, {})).predictions
+    assert got == pytest.approx(want, rel=1e-12)
+
+    for case in ("objective-short-array", "predict-long-array"):
+        # release builds drop precondition messages: the run must stop before printing a
+        # number read out of bounds (it used to print one and exit 0)
+        bad = swift_run([binary, case])
+        assert bad.returncode != 0 and bad.stdout == "", (case, bad.stdout)
+    decoded = swift_run([binary, "decode-short-array"])
+    assert decoded.returncode == 0 and decoded.stdout.startswith("refused:"), decoded.stdout
+    assert "w needs 4 values" in decoded.stdout
+
+
+@pytest.mark.toolchain
+def test_generated_tests_respect_the_domain(two_models):
+    """Issue 7 item 6: `swift test` passes for a model whose domain excludes data in [-1, 1]
+    (the generated XCTests pick synthetic data where the objective is finite)."""
+    package = two_models / "michaelis" / "build" / "swift" / "Michaelis"
+    scratch = two_models / "michaelis-build"
+    proc = swift_run(["swift", "test", *swiftpm_options(package, scratch, two_models / "cache")])
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert re.search(r"Executed [1-9]\d* tests?, with 0 failures", output)
+
+
+@pytest.mark.toolchain
+def test_csv_trainer_swift6_crlf_and_empty(two_models, tmp_path):
+    """Issue 7 item 6: the CSV trainer compiles in Swift 6 language mode without warnings,
+    reads CRLF files (blank CRLF lines too), and refuses a header-only file with status 2."""
+    package = two_models / "michaelis" / "build" / "swift" / "Michaelis"
+    scratch = two_models / "michaelis-build"
+    proc = swift_run(swift_build_command(package, scratch, two_models / "cache", "debug")
+                     + ["--product", "michaelis-train", *SWIFT6])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    trainer = scratch / "debug" / "michaelis-train"
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(b"s,v\r\n0.5,0.9\r\n1.0,1.1\r\n\r\n2.0,1.3\r\n")
+    out = swift_run([trainer, crlf, "--epochs", "3"])
+    assert out.returncode == 0, out.stderr
+    assert "samples: 3" in out.stdout
+    header_only = tmp_path / "header.csv"
+    header_only.write_bytes(b"s,v\r\n")
+    empty = swift_run([trainer, header_only])
+    assert empty.returncode == 2 and "has a header but no samples" in empty.stderr, empty
 
 
 # --------------------------------------------------------------- no toolchain needed

@@ -18,10 +18,10 @@ def test_swift_package_with_the_metal_target_builds(tmp_path):
     project = folder / "project.toml"
     text = project.read_text().replace('precision = "float64"', 'precision = "float32"')
     text = text.replace("[backends.swift]", '[backends.swift]\nmetal = true\n\n'
-                        '[backends.metal]\nout = "build/swift"')
+                        '[backends.metal]\nout = "build/swift/Trend"')
     project.write_text(text)
     assert cli.main(["build", str(project), "--backend", "swift", "--backend", "metal"]) == 0
-    package = folder / "build" / "swift"
+    package = folder / "build" / "swift" / "Trend"
     manifest = (package / "Package.swift").read_text()
     assert '.library(name: "TrendMetal", targets: ["TrendMetal"])' in manifest
     assert (package / "Sources" / "TrendMetal" / "TrendMetalTrainer.swift").exists()

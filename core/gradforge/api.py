@@ -61,12 +61,13 @@ def selected_backends(spec: ProjectSpec, names: Iterable[str] | None) -> list[tu
 
 
 def output_folder(spec: ProjectSpec, backend: str, out: str | None, cli_out: Path | None,
-                  several: bool) -> Path:
-    """Where a backend's files go; a project file may not point outside its own folder."""
+                  several: bool, default: str | None = None) -> Path:
+    """Where a backend's files go; a project file may not point outside its own folder.
+    ``default`` is the backend's :meth:`~gradforge.backend.Backend.default_out`."""
     if cli_out is not None:
         return cli_out / backend if several else cli_out
     root = spec.root.resolve()
-    folder = (root / (out or f"build/{backend}")).resolve()
+    folder = (root / (out or default or f"build/{backend}")).resolve()
     if not folder.is_relative_to(root):
         raise ProjectError(f"out folder {out!r} is outside the project folder",
                            key=f"backends.{backend}.out",
@@ -89,7 +90,8 @@ def build(spec: ProjectSpec | str | Path, backends: Iterable[str] | None = None,
         resolved = plugin.resolve_options(options)
         files = emit(program, name, resolved, registry)
         folder = output_folder(spec, name, table_out, Path(out) if out else None,
-                               several=len(chosen) > 1)
+                               several=len(chosen) > 1,
+                               default=plugin.default_out(program, resolved))
         outputs.append(writer.Output(name, folder, files))
     report = BuildReport(outputs)
     if check:

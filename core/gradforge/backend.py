@@ -85,6 +85,10 @@ class Backend:
         each mapped to the project-file key it comes from. Default: the project name."""
         return {program.name: "project.name"}
 
+    def default_out(self, program: Program, options: Mapping[str, Any]) -> str:
+        """The output folder when ``out`` is not given, relative to the project file."""
+        return f"build/{self.name}"
+
     def toolchains(self) -> list[Toolchain]:
         """External tools :meth:`run` needs (empty when none)."""
         return []

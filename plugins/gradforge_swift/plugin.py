@@ -119,6 +119,10 @@ def _chunks(items: list[str], size: int) -> list[str]:
     return [", ".join(items[i:i + size]) for i in range(0, len(items), size)]
 
 
+#: Domains tried for the generated XCTests' synthetic data after the project's field ranges:
+#: symmetric, positive (log, sqrt, division by a field), large positive, negative.
+SYNTHETIC_RANGES = ((-1.0, 1.0), (0.1, 1.0), (0.5, 2.0), (1.0, 3.0), (-1.0, -0.1))
+
 #: Small loss-and-gradient kernels get their sample loop unrolled by two (see kernels()).
 UNROLL_MAX_ACCUMULATORS = 16
 
@@ -139,6 +143,11 @@ class SwiftBackend(Backend):
     def output_names(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
         key = "backends.swift.module" if options.get("module") else "project.name"
         return {module_name(program, options): key}
+
+    def default_out(self, program: Program, options: Mapping[str, Any]) -> str:
+        """``build/swift/<Module>``: SwiftPM names a path dependency after its folder, so each
+        model's package needs a folder of its own for two of them to sit in one app."""
+        return f"build/swift/{module_name(program, options)}"
 
     # ---------------------------------------------------------------------------- emit
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
@@ -225,7 +234,7 @@ class _Context:
         self.scalar = "Double" if program.precision == "float64" else "Float"
         m = module
         self.types = {"parameters": f"{m}Parameters", "data": f"{m}Data",
-                      "constants": f"{m}Constants", "model": f"{m}Model",
+                      "constants": f"{m}Constants", "model": f"{m}Model", "inputs": f"{m}Inputs",
                       "optimizer": f"{m}Optimizer", "rng": f"{m}SplitMix64",
                       "scalar": f"{m}Scalar"}
         user = {p.name for p in program.parameters} | {f.name for f in program.fields} \
@@ -254,7 +263,13 @@ class _Context:
                                 "batch_size": p.training.batch_size,
                                 "seed": p.training.seed},
                       field_params=", ".join(f["arg"] for f in self.fields()),
+                      input_fields=[f for f in self.fields() if f["role"] == "input"],
+                      input_field_params=", ".join(f["arg"] for f in self.fields()
+                                                   if f["role"] == "input"),
+                      input_field_types=", ".join(f"UnsafeBufferPointer<{self.scalar}>"
+                                                  for f in p.fields if f.role == "input"),
                       reference_order=", ".join(map(str, splitmix64_order(7, 10))),
+                      synthetic_ranges=self.synthetic_ranges(),
                       field_types=", ".join(f"UnsafeBufferPointer<{self.scalar}>"
                                             for _ in p.fields),
                       **extra)
@@ -290,6 +305,17 @@ class _Context:
                         "columns": [f.name] if not f.shape else
                         [f"{f.name}[{k}]" for k in range(f.size)]})
         return out
+
+    def synthetic_ranges(self) -> list[list[tuple[str, str]]]:
+        """Candidate (low, high) per field for the XCTests' data: the project's declared
+        ranges first (fields without one use [-1, 1]), then :data:`SYNTHETIC_RANGES`."""
+        fields = self.program.fields
+        declared = [getattr(f, "range", None) for f in fields]
+        candidates = []
+        if any(declared):
+            candidates.append([tuple(r) if r else (-1.0, 1.0) for r in declared])
+        candidates += [[r] * len(fields) for r in SYNTHETIC_RANGES]
+        return [[(self.lit(lo), self.lit(hi)) for lo, hi in c] for c in candidates]
 
     def constants(self) -> list[dict]:
         return [{"name": c.name, "ident": self.names[c.name], "default": self.lit(c.default)}
