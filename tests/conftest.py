@@ -27,6 +27,16 @@ def example_path(name: str) -> Path:
     return ROOT / "examples" / name / "project.toml"
 
 
+def examples_for(backend: str) -> list[str]:
+    """The examples whose optimizer and bounds ``backend``'s trainer implements (the others
+    are refused at build time; tests/test_convergence.py checks that refusal)."""
+    import gradforge
+    from gradforge.plugins import load_registry
+    plugin = load_registry().backend(backend)
+    return [name for name in EXAMPLES
+            if plugin.trains(gradforge.load_program(example_path(name)))]
+
+
 @pytest.fixture(scope="session")
 def registry():
     from gradforge.plugins import load_registry

@@ -23,7 +23,7 @@ from gradforge.reference import Reference
 from gradforge.verification import compare, make_cases
 from gradforge.writer import HEADER_LINES, MARKER
 
-from conftest import EXAMPLES, example_path, require_tool
+from conftest import examples_for, example_path, require_tool
 from random_models import random_project
 
 from gradforge_metal.plugin import CXX_FLAGS, SHIM_DIR, MetalBackend
@@ -98,7 +98,7 @@ def test_registered_through_the_entry_point(registry):
     assert "trend.metal" in files
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", examples_for("metal"))
 def test_emit_is_deterministic_and_marked(name):
     program = gradforge.compile_project(float32_spec(name))
     first = BACKEND.emit(program, options())
@@ -153,7 +153,7 @@ def test_buffer_indices_agree_between_kernels_and_swift_host():
 
 # ------------------------------------------------------------------- the kernels, on CPU
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", examples_for("metal"))
 def test_metal_file_compiles_as_strict_cxx(name, tmp_path):
     require_shim()
     program = gradforge.compile_project(float32_spec(name))
@@ -164,7 +164,7 @@ def test_metal_file_compiles_as_strict_cxx(name, tmp_path):
                         str(path)], check=True)
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", examples_for("metal"))
 def test_examples_match_the_reference(name, built):
     spec = float32_spec(name)
     program, exe, _ = built.get(name, spec)
@@ -391,7 +391,7 @@ def test_shim_rejects_what_metal_rejects(body, message, tmp_path):
 
 # ------------------------------------------------------------------------ Swift host code
 
-def _swift_sources(tmp_path: Path, names=EXAMPLES, **opts) -> list[Path]:
+def _swift_sources(tmp_path: Path, names=tuple(examples_for("metal")), **opts) -> list[Path]:
     paths = []
     for name in names:
         program = gradforge.compile_project(float32_spec(name))
@@ -406,7 +406,7 @@ def _swift_sources(tmp_path: Path, names=EXAMPLES, **opts) -> list[Path]:
 
 def test_swift_host_parses(tmp_path):
     swiftc = require_tool("swiftc")
-    for name in EXAMPLES:
+    for name in examples_for("metal"):
         paths = _swift_sources(tmp_path / name, [name], simd_reduction=name == "mlp")
         subprocess.run([swiftc, "-parse", *map(str, paths)], check=True)
 
@@ -458,7 +458,7 @@ def metal_stub(tmp_path_factory):
 
 def test_swift_host_typechecks_against_the_metal_api(metal_stub, tmp_path):
     swiftc, stub = metal_stub
-    for name in EXAMPLES:        # one module per example, as in a SwiftPM target
+    for name in examples_for("metal"):        # one module per example, as in a SwiftPM target
         paths = _swift_sources(tmp_path / name, [name])
         subprocess.run([swiftc, "-typecheck", "-I", str(stub), *map(str, paths)], check=True)
 

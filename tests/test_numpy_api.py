@@ -43,11 +43,14 @@ def test_numpy_api_shapes_and_training(tmp_path):
     assert grads["w"].shape == (4,) and np.ndim(grads["b"]) == 0
     assert abs(value - m.objective(params, data)) <= 1e-12 * abs(value)
     assert m.predict(params, data).shape == (80,)
-    trained = m.train(params, data)
+    report = m.train(params, data)
+    trained = report.params
     assert m.objective(trained, data) < 0.5 * value
-    again = m.train(params, data)                     # seeded: identical
+    assert report.reason == "max_iterations" and report.iterations == m.TRAINING["epochs"]
+    assert abs(report.objective - m.objective(trained, data)) <= 1e-12 * report.objective
+    again = m.train(params, data).params              # seeded: identical
     assert all(np.array_equal(trained[k], again[k]) for k in trained)
-    other = m.train(params, data, seed=99, epochs=3, batch_size=0, learning_rate=0.01)
+    other = m.train(params, data, seed=99, epochs=3, batch_size=0, learning_rate=0.01).params
     assert not np.array_equal(other["w"], trained["w"])
     assert m.objective(params, data, {"delta": 0.5}) != value
 
@@ -57,7 +60,7 @@ def test_every_example_trains_to_a_lower_objective(tmp_path):
         m = load(tmp_path, example_path(name))
         data = read_csv(example_path(name).parent / "data.csv")
         start = m.objective(m.init_params(), data)
-        assert m.objective(m.train(m.init_params(), data), data) < 0.7 * start, name
+        assert m.objective(m.train(m.init_params(), data).params, data) < 0.7 * start, name
 
 
 def test_library_api_without_toml(tmp_path):
@@ -69,7 +72,7 @@ def test_library_api_without_toml(tmp_path):
                                                                    "batch_size": 0})
     m = load(tmp_path, spec)
     t = np.linspace(-1, 1, 21)
-    trained = m.train(m.init_params(), {"t": t, "s": 3 * t - 1})
+    trained = m.train(m.init_params(), {"t": t, "s": 3 * t - 1}).params
     assert abs(trained["k"] - 3) < 1e-3 and abs(trained["d"] + 1) < 1e-3
 
 

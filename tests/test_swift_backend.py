@@ -24,7 +24,7 @@ from gradforge.reference import Reference
 from gradforge.verification import TOLERANCE, compare, make_cases
 from gradforge.writer import MARKER
 
-from conftest import EXAMPLES, ROOT, example_path, require_tool
+from conftest import examples_for, ROOT, example_path, require_tool
 
 EXAMPLES_DIR = ROOT / "examples"
 
@@ -123,7 +123,7 @@ def parse_trainer(output: str) -> tuple[float, float, dict[str, list[float]]]:
 
 # ------------------------------------------------------------------ builds (one each)
 
-SUBJECTS = list(EXAMPLES) + ["huber@float32", "keywords"]
+SUBJECTS = examples_for("swift") + ["huber@float32", "keywords"]
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_trainer_batches_match_numpy_backend(built):
     source.write_text(gradforge.emit(program, "numpy")["trend.py"], encoding="utf-8")
     module = load_module(source, "_swift_test_trend_numpy")
     data = {k: numpy.array(v)[:, 0] for k, v in load_csv(data_csv, program).items()}
-    want = module.train(module.init_params(), data, epochs=7, batch_size=10, seed=99)
+    want = module.train(module.init_params(), data, epochs=7, batch_size=10, seed=99).params
     for name, values in params.items():
         assert values[0] == pytest.approx(float(want[name]), rel=1e-9, abs=1e-12), name
 
@@ -418,7 +418,7 @@ def test_csv_trainer_swift6_crlf_and_empty(two_models, tmp_path):
 
 # --------------------------------------------------------------- no toolchain needed
 
-@pytest.mark.parametrize("example", EXAMPLES)
+@pytest.mark.parametrize("example", examples_for("swift"))
 def test_emit_is_deterministic_and_marked(example):
     program = gradforge.load_program(example_path(example))
     files = gradforge.emit(program, "swift")
@@ -441,7 +441,7 @@ def test_emit_is_deterministic_and_marked(example):
            "#elseif canImport(Musl)\nimport Musl\n#endif" in library
 
 
-@pytest.mark.parametrize("example", EXAMPLES)
+@pytest.mark.parametrize("example", examples_for("swift"))
 def test_public_api_is_documented(example):
     program = gradforge.load_program(example_path(example))
     module = module_name(program, {})

@@ -75,6 +75,15 @@ class Backend:
     #: it. :func:`check_output_names` compares :meth:`output_names` against these
     #: case-insensitively (macOS and Windows file systems are) and refuses the build.
     shadowed_names: Mapping[str, str] = {}
+    #: Optimizers the generated trainer implements, and whether it honours parameter bounds;
+    #: a project asking for more is refused at build time (:func:`~gradforge.optimizers.check_training`).
+    training_methods: tuple[str, ...] = ("sgd", "momentum", "adam")
+    supports_bounds: bool = False
+
+    def trains(self, program: Program) -> bool:
+        """Whether this backend's trainer implements the program's optimizer and bounds."""
+        return program.training.method in self.training_methods and \
+            (self.supports_bounds or not program.bounded)
 
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
         """Return ``{relative path: file text}`` for ``program``. Must be deterministic."""

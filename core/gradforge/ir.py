@@ -98,10 +98,18 @@ class Parameter:
     offset: int
     init: tuple[float, ...]
     symbols: tuple[sp.Symbol, ...]
+    #: per-element bounds, flat; -inf / +inf where unbounded
+    lower: tuple[float, ...] = ()
+    upper: tuple[float, ...] = ()
 
     @property
     def size(self) -> int:
         return len(self.symbols)
+
+    @property
+    def bounded(self) -> bool:
+        return any(v != float("-inf") for v in self.lower) or \
+            any(v != float("inf") for v in self.upper)
 
 
 @dataclass(frozen=True)
@@ -159,11 +167,22 @@ class Optimizer:
 
 @dataclass(frozen=True)
 class Training:
-    """Defaults of the generated training loop (overridable at run time)."""
+    """Defaults of the generated training loop (overridable at run time).
+
+    ``method`` is the optimizer family: the first-order kinds run :class:`Optimizer` steps;
+    ``"lbfgs"`` and ``"levenberg_marquardt"`` are the full-batch methods described in
+    :mod:`gradforge.optimizers` (constants in :data:`gradforge.optimizers.LINE_SEARCH` and
+    :data:`gradforge.optimizers.DAMPING`). Stopping rules apply to every method.
+    """
 
     epochs: int
     batch_size: int      # 0 = full batch
     seed: int
+    method: str = "sgd"
+    max_iterations: int = 100
+    gradient_tolerance: float = 0.0
+    objective_tolerance: float = 0.0
+    history: int = 10
 
 
 @dataclass(frozen=True)
@@ -185,6 +204,22 @@ class Program:
     training: Training
     source: str | None = None      # project file the program came from, for headers
     model_hash: str = ""           # params_file.model_hash of the spec (params.json checks it)
+    #: Levenberg–Marquardt: per-sample residual kernels (output ``residual``, gradient = the
+    #: Jacobian row) with ℓᵢ = Σₖ rₖ²; then parameter-only residuals of the regularizer.
+    residuals: tuple[Kernel, ...] = ()
+    regularizer_residuals: tuple[Kernel, ...] = ()
+
+    @property
+    def bounded(self) -> bool:
+        return any(p.bounded for p in self.parameters)
+
+    @property
+    def lower(self) -> tuple[float, ...]:
+        return tuple(v for p in self.parameters for v in p.lower)
+
+    @property
+    def upper(self) -> tuple[float, ...]:
+        return tuple(v for p in self.parameters for v in p.upper)
 
     @property
     def num_params(self) -> int:
@@ -200,6 +235,11 @@ class Program:
         yield "loss_and_gradient", self.loss_and_gradient
         if self.regularizer is not None:
             yield "regularizer", self.regularizer
+
+    def residual_kernels(self) -> Iterator[Kernel]:
+        """Levenberg–Marquardt's residual kernels: per-sample ones, then the regularizer's."""
+        yield from self.residuals
+        yield from self.regularizer_residuals
 
     def leaf_kind(self) -> dict[sp.Symbol, tuple[str, str, int]]:
         """symbol → (kind, owner name, flat index) for parameters, fields and constants."""
@@ -217,7 +257,7 @@ class Program:
     def symbol_names(self) -> set[str]:
         """Every symbol name the program uses (for a backend's reserved-word escaping)."""
         names = {s.name for s in self.leaf_kind()}
-        for _, kernel in self.kernels():
+        for kernel in [k for _, k in self.kernels()] + list(self.residual_kernels()):
             names |= {a.target.name for a in kernel.body}
         opt = self.optimizer
         names |= {h.symbol.name for h in opt.hyperparameters}
@@ -273,6 +313,7 @@ def check_vocabulary(program: Program, supported: tuple[type, ...] = VOCABULARY,
                      backend: str = "backend") -> None:
     """Raise :class:`BackendError` naming the first node outside ``supported``."""
     exprs = [e for _, k in program.kernels() for e in k.expressions()]
+    exprs += [e for k in program.residual_kernels() for e in k.expressions()]
     exprs += [a.expr for a in program.optimizer.scalar_update + program.optimizer.element_update]
     for expr in exprs:
         for node in walk(expr):

@@ -12,7 +12,7 @@ import copy
 
 import sympy as sp
 
-from . import derivative
+from . import derivative, least_squares
 from .ir import Assignment, Constant, Field, Kernel, Parameter, Program, Training
 from .model import Model, build_model
 from .params_file import model_hash
@@ -69,11 +69,25 @@ def lower(model: Model) -> Program:
                                                   model.regularization, theta, fresh()),
                               ["value"], namer, with_gradient=True)
 
+    sample_residuals: tuple[Kernel, ...] = ()
+    regularizer_residuals: tuple[Kernel, ...] = ()
+    if spec.training.optimizer == "levenberg_marquardt":
+        sample, regular = least_squares.residuals(model)
+        sample_residuals = tuple(
+            _kernel(derivative.gradient(model.lets_for(r), r, theta, fresh()), ["residual"],
+                    namer, with_gradient=True) for r in sample)
+        regularizer_residuals = tuple(
+            _kernel(derivative.gradient(model.lets_for(q), q, theta, fresh()), ["residual"],
+                    namer, with_gradient=True) for q in regular)
+
+    inf = float("inf")
     offset = 0
     parameters = []
     for p_spec, p in zip(spec.parameters, model.parameters):
-        parameters.append(Parameter(p.name, p.shape, offset, p_spec.init, p.symbols))
-        offset += len(p.symbols)
+        n = len(p.symbols)
+        parameters.append(Parameter(p.name, p.shape, offset, p_spec.init, p.symbols,
+                                    p_spec.lower or (-inf,) * n, p_spec.upper or (inf,) * n))
+        offset += n
     inputs = tuple(Field(f.name, "input", f.shape, f.symbols) for f in model.inputs)
     targets = tuple(Field(f.name, "target", f.shape, f.symbols) for f in model.targets)
     constants = tuple(Constant(c.name, c.default, s) for c, s in model.constants)
@@ -83,8 +97,10 @@ def lower(model: Model) -> Program:
         inputs=inputs, targets=targets, constants=constants, reduction=spec.model.reduction,
         predict=predict, loss=loss, loss_and_gradient=loss_grad, regularizer=regularizer,
         optimizer=build_optimizer(t, fresh()),
-        training=Training(t.epochs, t.batch_size, t.seed),
+        training=Training(t.epochs, t.batch_size, t.seed, t.optimizer, *t.stopping(spec.precision),
+                          t.history),
         source=spec.path.name if spec.path else None,
+        residuals=sample_residuals, regularizer_residuals=regularizer_residuals,
         model_hash=model_hash(spec))
 
 

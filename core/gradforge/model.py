@@ -75,6 +75,8 @@ class Model:
     loss: sp.Expr                                 # per-sample loss over lets/fields/params
     regularization: sp.Expr | None                # over parameters, constants (and their lets)
     namer: Namer
+    #: declared residuals (``[model] residuals``), flat; None when not declared
+    residuals: tuple[sp.Expr, ...] | None = None
 
     @property
     def parameter_symbols(self) -> tuple[sp.Symbol, ...]:
@@ -156,11 +158,19 @@ def build_model(spec: ProjectSpec) -> Model:
                                f"found {', '.join(stray)}", key="model.regularization",
                                hint="move per-sample terms into the loss")
 
+    residuals = None
+    if spec.model.residuals is not None:
+        value = parser("model.residuals").parse(spec.model.residuals)
+        if is_condition(value):
+            raise ProjectError("residuals must be numbers or an array", key="model.residuals")
+        items = value.items if isinstance(value, Array) else (value,)
+        residuals = tuple(sp.Integer(v) if isinstance(v, int) else v for v in items)
+
     used = loss.free_symbols.union(*(v.free_symbols for _, v in lets_needed(lets, loss)))
     if not used & {s for p in parameters for s in p.symbols} and regularization is None:
         raise ProjectError("the loss does not depend on any parameter", key="model.loss")
     return Model(spec, parameters, inputs, targets, constants, tuple(lets), prediction, loss,
-                 regularization, namer)
+                 regularization, namer, residuals)
 
 
 def _bind(value, name: str, namer: Namer, lets: list, key: str):

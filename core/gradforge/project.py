@@ -32,6 +32,18 @@ OPTIMIZER_KEYS: dict[str, dict[str, float]] = {
     "adam": {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8},
 }
 
+#: Full-batch methods that choose their own steps (no learning rate, no mini-batches).
+SECOND_ORDER = ("lbfgs", "levenberg_marquardt")
+OPTIMIZERS = tuple(OPTIMIZER_KEYS) + SECOND_ORDER
+OPTIMIZER_ALIASES = {"lm": "levenberg_marquardt"}
+
+#: Stopping-rule defaults (gradient_tolerance, objective_tolerance): first-order methods run
+#: their epochs; the others stop on tolerances a little above the precision's rounding floor.
+STOPPING_DEFAULTS = {"first_order": (0.0, 0.0), "float64": (1e-8, 1e-12),
+                     "float32": (1e-4, 1e-6)}
+DEFAULT_MAX_ITERATIONS = 1000
+DEFAULT_HISTORY = 10
+
 #: Names the expression language gives a meaning of its own; user names may not shadow them.
 RESERVED_NAMES = frozenset({
     "abs", "sign", "exp", "log", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "tanh", "sigmoid", "softplus",
@@ -47,6 +59,9 @@ class ParameterSpec:
     name: str
     shape: tuple[int, ...] = ()
     init: tuple[float, ...] = (0.0,)
+    #: per-element bounds (flat); None = unbounded on that side
+    lower: tuple[float, ...] | None = None
+    upper: tuple[float, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -82,6 +97,8 @@ class ModelSpec:
     regularization: str | None = None
     reduction: str = "mean"
     definitions: tuple[tuple[str, str], ...] = ()
+    #: declared residuals (an array expression) for Levenberg–Marquardt; None = from the loss
+    residuals: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,9 +111,30 @@ class TrainingSpec:
     batch_size: int = 32
     seed: int = 0
     hyper: tuple[tuple[str, float], ...] = ()
+    #: stopping rules (see docs/semantics.md, "Training"); None = the optimizer's default
+    max_iterations: int | None = None
+    gradient_tolerance: float | None = None
+    objective_tolerance: float | None = None
+    history: int = DEFAULT_HISTORY      # L-BFGS correction pairs
+
+    @property
+    def first_order(self) -> bool:
+        return self.optimizer in OPTIMIZER_KEYS
+
+    def stopping(self, precision: str = "float64") -> tuple[int, float, float]:
+        """(max_iterations, gradient_tolerance, objective_tolerance) with defaults filled in:
+        first-order methods run ``epochs`` iterations unless a tolerance is set."""
+        grad_tol, obj_tol = STOPPING_DEFAULTS["first_order" if self.first_order else precision]
+        return (self.max_iterations if self.max_iterations is not None
+                else (self.epochs if self.first_order else DEFAULT_MAX_ITERATIONS),
+                grad_tol if self.gradient_tolerance is None else self.gradient_tolerance,
+                obj_tol if self.objective_tolerance is None else self.objective_tolerance)
 
     def hyperparameters(self) -> dict[str, float]:
-        """All optimizer hyper-parameters, defaults filled in, learning_rate first."""
+        """All optimizer hyper-parameters, defaults filled in, learning_rate first
+        (none for L-BFGS and Levenberg–Marquardt, which choose their own steps)."""
+        if not self.first_order:
+            return {}
         values = {"learning_rate": self.learning_rate}
         values.update(OPTIMIZER_KEYS[self.optimizer])
         values.update(dict(self.hyper))
@@ -145,7 +183,7 @@ class ProjectSpec:
                inputs: Mapping[str, Any] = (), targets: Mapping[str, Any] = (),
                constants: Mapping[str, float] = (), definitions: Mapping[str, str] = (),
                regularization: str | None = None, reduction: str = "mean",
-               precision: str = "float64", training: Mapping[str, Any] | None = None,
+               residuals: str | None = None, precision: str = "float64", training: Mapping[str, Any] | None = None,
                backends: Mapping[str, Mapping[str, Any]] | None = None) -> "ProjectSpec":
         """Build and validate a project from Python values shaped like the TOML tables."""
         data: dict[str, Any] = {
@@ -159,6 +197,8 @@ class ProjectSpec:
         }
         if regularization is not None:
             data["model"]["regularization"] = regularization
+        if residuals is not None:
+            data["model"]["residuals"] = residuals
         if training:
             data["training"] = dict(training)
         if backends:
@@ -287,8 +327,8 @@ def parse_project(data: Mapping[str, Any], path: Path | None = None) -> ProjectS
                       for k, v in _table(data, "constants").items())
 
     model_t = _table(data, "model", required=True)
-    _check_keys(model_t, ("prediction", "loss", "regularization", "reduction", "definitions"),
-                "model")
+    _check_keys(model_t, ("prediction", "loss", "regularization", "reduction", "definitions",
+                          "residuals"), "model")
     definitions = []
     for k, v in _table(model_t, "definitions", prefix="model").items():
         claim(k, "model.definitions")
@@ -305,6 +345,8 @@ def parse_project(data: Mapping[str, Any], path: Path | None = None) -> ProjectS
         else _string(regularization, "model.regularization"),
         reduction=reduction,
         definitions=tuple(definitions),
+        residuals=None if model_t.get("residuals") is None
+        else _string(model_t["residuals"], "model.residuals"),
     )
     return ProjectSpec(name=name, parameters=parameters, model=model, inputs=inputs,
                        targets=targets, constants=constants, precision=precision,
@@ -408,10 +450,23 @@ def _parameter(name: str, value: Any) -> ParameterSpec:
     key = f"parameters.{name}"
     if not isinstance(value, Mapping):
         return ParameterSpec(name, (), (_number(value, key),))
-    _check_keys(value, ("shape", "init"), key)
+    _check_keys(value, ("shape", "init", "lower", "upper"), key)
     shape = _shape(value["shape"], f"{key}.shape") if "shape" in value else ()
     init = _flatten_init(value.get("init", 0.0), shape, f"{key}.init")
-    return ParameterSpec(name, shape, init)
+    lower = _flatten_init(value["lower"], shape, f"{key}.lower") if "lower" in value else None
+    upper = _flatten_init(value["upper"], shape, f"{key}.upper") if "upper" in value else None
+    for i, x in enumerate(init):
+        at = f" (element {i})" if shape else ""
+        if lower is not None and upper is not None and lower[i] > upper[i]:
+            raise ProjectError(f"lower bound {lower[i]} is above upper bound {upper[i]}{at}",
+                               key=f"{key}.lower", hint="swap or fix the bounds")
+        if lower is not None and x < lower[i]:
+            raise ProjectError(f"init {x} is below the lower bound {lower[i]}{at}",
+                               key=f"{key}.init", hint="start inside the bounds")
+        if upper is not None and x > upper[i]:
+            raise ProjectError(f"init {x} is above the upper bound {upper[i]}{at}",
+                               key=f"{key}.init", hint="start inside the bounds")
+    return ParameterSpec(name, shape, init, lower, upper)
 
 
 def _field(name: str, value: Any, section: str) -> FieldSpec:
@@ -425,21 +480,35 @@ def _field(name: str, value: Any, section: str) -> FieldSpec:
 
 def _training(table: Mapping[str, Any]) -> TrainingSpec:
     optimizer = table.get("optimizer", "adam")
-    if optimizer not in OPTIMIZER_KEYS:
+    optimizer = OPTIMIZER_ALIASES.get(optimizer, optimizer) if isinstance(optimizer, str) \
+        else optimizer
+    if optimizer not in OPTIMIZERS:
         raise ProjectError(f"unknown optimizer {optimizer!r}", key="training.optimizer",
-                           hint=did_you_mean(str(optimizer), OPTIMIZER_KEYS)
-                           or f"choose one of {', '.join(OPTIMIZER_KEYS)}")
-    allowed = ("optimizer", "learning_rate", "epochs", "batch_size", "seed",
-               *OPTIMIZER_KEYS[optimizer])
+                           hint=did_you_mean(str(optimizer), OPTIMIZERS + tuple(OPTIMIZER_ALIASES))
+                           or f"choose one of {', '.join(OPTIMIZERS)}")
+    first_order = optimizer in OPTIMIZER_KEYS
+    stopping = ("max_iterations", "gradient_tolerance", "objective_tolerance")
+    if first_order:
+        allowed = ("optimizer", "learning_rate", "epochs", "batch_size", "seed",
+                   *OPTIMIZER_KEYS[optimizer], *stopping)
+    else:
+        allowed = ("optimizer", "seed", *stopping, *(("history",) if optimizer == "lbfgs" else ()))
     for key in table:
         if key not in allowed:
             owner = [o for o, keys in OPTIMIZER_KEYS.items() if key in keys]
-            hint = (f"'{key}' belongs to optimizer '{owner[0]}'" if owner
-                    else did_you_mean(key, allowed) or f"allowed here: {', '.join(allowed)}")
+            if not first_order and key in ("learning_rate", "epochs", "batch_size"):
+                hint = (f"'{optimizer}' is full batch and chooses its own steps; "
+                        f"remove '{key}' (use max_iterations to cap the work)")
+            elif owner:
+                hint = f"'{key}' belongs to optimizer '{owner[0]}'"
+            elif key == "history":
+                hint = "'history' belongs to optimizer 'lbfgs'"
+            else:
+                hint = did_you_mean(key, allowed) or f"allowed here: {', '.join(allowed)}"
             raise ProjectError(f"unknown key '{key}' for optimizer '{optimizer}'",
                                key=f"training.{key}", hint=hint)
     hyper = []
-    for key in OPTIMIZER_KEYS[optimizer]:
+    for key in OPTIMIZER_KEYS.get(optimizer, ()):
         if key in table:
             number = _number(table[key], f"training.{key}")
             if not (0.0 <= number < 1.0) and key != "epsilon":
@@ -450,13 +519,26 @@ def _training(table: Mapping[str, Any]) -> TrainingSpec:
     learning_rate = _number(table.get("learning_rate", 0.01), "training.learning_rate")
     if learning_rate <= 0:
         raise ProjectError("must be positive", key="training.learning_rate")
+    tolerances = {}
+    for key in ("gradient_tolerance", "objective_tolerance"):
+        if key in table:
+            tolerances[key] = _number(table[key], f"training.{key}")
+            if tolerances[key] < 0:
+                raise ProjectError("must be zero (off) or positive", key=f"training.{key}")
     return TrainingSpec(
         optimizer=optimizer,
         learning_rate=learning_rate,
         epochs=_integer(table.get("epochs", 100), "training.epochs"),
-        batch_size=_integer(table.get("batch_size", 32), "training.batch_size"),
+        batch_size=_integer(table.get("batch_size", 32 if first_order else 0),
+                            "training.batch_size"),
         seed=_integer(table.get("seed", 0), "training.seed", high=2**63 - 1),
         hyper=tuple(hyper),
+        max_iterations=(_integer(table["max_iterations"], "training.max_iterations", low=1)
+                        if "max_iterations" in table else None),
+        gradient_tolerance=tolerances.get("gradient_tolerance"),
+        objective_tolerance=tolerances.get("objective_tolerance"),
+        history=_integer(table.get("history", DEFAULT_HISTORY), "training.history",
+                         low=1, high=1000),
     )
 
 

@@ -57,7 +57,7 @@ def compare(result: Result, want: Expected, precision: str) -> list[str]:
     problems = _close([result.objective], [want.objective], tol, "objective")
     problems += _close(result.gradient, want.gradient, tol, "gradient")
     problems += _close(result.predictions, want.predictions, tol, "prediction")
-    if result.stepped is not None:
+    if result.stepped is not None and want.stepped is not None:
         problems += _close(result.stepped, want.stepped, tol, "step")
     return problems
 

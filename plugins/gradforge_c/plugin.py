@@ -23,6 +23,7 @@ from gradforge.plugin_api import (Assignment, Backend, Case, Kernel, Program, Re
                                   count_operations, decode_results, encode_cases, find_tool,
                                   header_text, hookimpl, render, run_tool,
                                   safe_names, shortest_repr, write_files)
+from gradforge.optimizers import check_training
 
 from .printer import MATH_FUNCTIONS, GradforgeCPrinter
 
@@ -373,6 +374,7 @@ class _Emitter:
 def emit_files(program: Program) -> dict[str, str]:
     """``{<name>.h: …, <name>.c: …}`` for ``program`` (pure, deterministic)."""
     check_vocabulary(program, backend="c")
+    check_training(program, CBackend)
     context = _Emitter(program).context()
     return {
         f"{program.name}.h": render("gradforge_c", "header.h.j2", **context),

@@ -84,7 +84,7 @@ def numpy_training(program, case: Case, epochs: int) -> list[float]:
     data = {f.name: np.array(case.data[f.name], dtype=np.float32).reshape((case.n,) + f.shape)
             for f in program.fields}
     params = module.unflatten(np.array(case.params, dtype=np.float32))
-    trained = module.train(params, data, case.constants, epochs=epochs)
+    trained = module.train(params, data, case.constants, epochs=epochs).params
     return [float(v) for v in module.flatten(trained)]
 
 

@@ -30,6 +30,7 @@ from gradforge.plugin_api import (Assignment, Backend, BackendError, Case, Optio
                                   decode_results, encode_cases, find_tool, header_text,
                                   hookimpl, render, run_tool, safe_names,
                                   shortest_repr, write_files)
+from gradforge.optimizers import check_training
 
 from .printer import RESERVED, MetalPrinter
 
@@ -189,6 +190,7 @@ class MetalBackend(Backend):
                 f"double-precision type (set precision = \"float32\" in [project], or build "
                 f"this project without [backends.metal])")
         check_vocabulary(program, backend=self.name)
+        check_training(program, self)
         opts = dict(options)
         capacity = int(opts.get("max_threadgroup_size", 256))
         width_opt = int(opts.get("reduction_width", 8))

@@ -12,6 +12,7 @@ import sympy as sp
 from gradforge.plugin_api import (Backend, Case, Kernel, Program, Result, Toolchain,
                                   ToolchainError, check_vocabulary, header_text, hookimpl,
                                   render, safe_names, shortest_repr)
+from gradforge.optimizers import DAMPING, LINE_SEARCH
 
 from .printer import GradforgeNumPyPrinter
 
@@ -19,6 +20,7 @@ from .printer import GradforgeNumPyPrinter
 RESERVED = set(keyword.kwlist) | set(dir(__builtins__) if isinstance(__builtins__, dict)
                                      else dir(__builtins__)) | {
     "numpy", "theta", "d", "c", "n", "grad", "h", "state", "DTYPE", "NUM_PARAMS", "value",
+    "jac", "math", "dataclasses",
 }
 
 
@@ -38,6 +40,8 @@ class NumpyBackend(Backend):
     description = "NumPy module vectorized over samples (prototyping, reference)"
     comment_prefix = "#"
     shadowed_names = SHADOWED
+    training_methods = ("sgd", "momentum", "adam", "lbfgs", "levenberg_marquardt")
+    supports_bounds = True
 
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
         check_vocabulary(program, backend=self.name)
@@ -96,6 +100,25 @@ class NumpyBackend(Backend):
                 lines = [lines[0]] + ["    " + line for line in lines[1:]]
             kernels.append({"function": f"_{label}", "lines": lines, "doc": doc})
 
+        residual_names = {"sample": [], "regularizer": []}
+        for group, residual_kernels in (("sample", program.residuals),
+                                        ("regularizer", program.regularizer_residuals)):
+            for k, kernel in enumerate(residual_kernels):
+                function = f"_{group}_residual_{k}"
+                residual_names[group].append(function)
+                lines = load_lines(kernel) + body(kernel)
+                lines.append("jac = numpy.zeros((n, NUM_PARAMS), dtype=DTYPE)")
+                lines += [f"jac[:, {i}] = {printer.doprint(g)}" for i, g in kernel.gradient]
+                lines.append(f"return numpy.broadcast_to({printer.doprint(kernel.output('residual'))}"
+                             f", (n,)).astype(DTYPE), jac")
+                if has_piecewise(kernel):
+                    lines.insert(0, 'with numpy.errstate(over="ignore", invalid="ignore", '
+                                    'divide="ignore"):')
+                    lines = [lines[0]] + ["    " + line for line in lines[1:]]
+                what = "a per-sample" if group == "sample" else "a regularizer"
+                kernels.append({"function": function, "lines": lines,
+                                "doc": f"Residual {k} ({what} residual) and its Jacobian row."})
+
         opt = program.optimizer
         optimizer = {
             "kind": opt.kind,
@@ -111,6 +134,7 @@ class NumpyBackend(Backend):
             "lines": [f"{names[a.target.name]} = {printer.doprint(a.expr)}"
                       for a in opt.scalar_update + opt.element_update],
         }
+        t = program.training
         init = [shortest_repr(v, "float64") for p in program.parameters for v in p.init]
         chunks = [", ".join(init[i:i + 8]) + "," for i in range(0, len(init), 8)]
         text = render(
@@ -130,9 +154,13 @@ class NumpyBackend(Backend):
                                     for f in program.fields) or "none",
             reduction=program.reduction, has_regularizer=program.regularizer is not None,
             kernels=kernels, optimizer=optimizer, init_chunks=chunks,
-            training={"epochs": program.training.epochs,
-                      "batch_size": program.training.batch_size,
-                      "seed": program.training.seed},
+            training={"epochs": t.epochs, "batch_size": t.batch_size, "seed": t.seed,
+                      "method": t.method, "max_iterations": t.max_iterations,
+                      "gradient_tolerance": shortest_repr(t.gradient_tolerance, "float64"),
+                      "objective_tolerance": shortest_repr(t.objective_tolerance, "float64"),
+                      "history": t.history},
+            lower=_bound_list(program.lower), upper=_bound_list(program.upper),
+            ls=LINE_SEARCH, damping=DAMPING, residual_names=residual_names,
         )
         return {f"{program.name}.py": text}
 
@@ -162,11 +190,19 @@ class NumpyBackend(Backend):
             # inputs only (a model without inputs still needs a field to count the samples)
             inputs = {name: data[name] for name in module.INPUTS} or data
             pred = module.predict(params, inputs, case.constants)
-            state = module.init_optimizer_state()
-            stepped = module.optimizer_step(module.flatten(params), grad, state)
+            stepped = None
+            if program.optimizer.element_update:
+                state = module.init_optimizer_state()
+                stepped = tuple(map(float, module.optimizer_step(module.flatten(params), grad,
+                                                                 state)))
             results.append(Result(float(value), tuple(map(float, grad)),
-                                  tuple(map(float, pred)), tuple(map(float, stepped))))
+                                  tuple(map(float, pred)), stepped))
         return results
+
+
+def _bound_list(values) -> str:
+    return ", ".join("numpy.inf" if v == float("inf") else "-numpy.inf" if v == float("-inf")
+                     else shortest_repr(v, "float64") for v in values)
 
 
 def load_module(path: Path, name: str):

@@ -28,6 +28,7 @@ from gradforge.plugin_api import (Backend, Case, Kernel, Namer, Optimizer, Optio
                                   TrainingSpec, build_optimizer, check_vocabulary,
                                   decode_results, encode_cases, find_tool, header_text,
                                   hookimpl, render, run_tool, safe_names, write_files)
+from gradforge.optimizers import check_training
 
 from .printer import SwiftPrinter
 
@@ -155,6 +156,7 @@ class SwiftBackend(Backend):
 
     def _files(self, program: Program, options: Mapping[str, Any], verify: bool) -> dict[str, str]:
         check_vocabulary(program, backend=self.name)
+        check_training(program, self)
         ctx = _Context(program, module_name(program, options))
         files = {
             "Package.swift": ctx.render("Package.swift.j2", verify=verify,

@@ -1,0 +1,313 @@
+"""Training that converges: L-BFGS and Levenberg–Marquardt against SciPy (an independent
+implementation of the same problems), bounds, stopping rules and the report."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradforge
+from gradforge.errors import ProjectError
+from gradforge.project import TrainingSpec, load_project
+
+from conftest import example_path
+from test_numpy_api import load, read_csv
+
+scipy_optimize = pytest.importorskip("scipy.optimize")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_training(spec, precision=None, **training):
+    spec = dataclasses.replace(spec, training=TrainingSpec(**training))
+    return dataclasses.replace(spec, precision=precision) if precision else spec
+
+
+def flat_problem(m, data):
+    d, n = m._data(data)
+    c = m._constants(None)
+    return d, n, c
+
+
+def scipy_lbfgsb(m, data, bounds=None):
+    d, n, c = flat_problem(m, data)
+
+    def fun(theta):
+        value, grad = m._value_and_grad_flat(theta, d, n, c)
+        return float(value), np.array(grad, dtype=float)
+    return scipy_optimize.minimize(fun, m.flatten(m.init_params()), jac=True, method="L-BFGS-B",
+                                   bounds=bounds, options={"maxiter": 5000, "ftol": 1e-15,
+                                                           "gtol": 1e-12, "maxcor": 10})
+
+
+def assert_same_optimum(report, m, objective, params=None, objective_tol=1e-10, param_tol=1e-6):
+    assert report.converged, report
+    assert abs(report.objective - objective) <= objective_tol * abs(objective), \
+        (report, objective)
+    if params is not None:
+        got = m.flatten(report.params)
+        assert np.max(np.abs(got - params) / np.maximum(1.0, np.abs(params))) <= param_tol, \
+            (got, params)
+
+
+# ---------------------------------------------------------------- examples against SciPy
+
+@pytest.mark.parametrize("name", ["logistic", "huber"])
+def test_lbfgs_reaches_scipys_optimum_on_the_examples(tmp_path, name):
+    spec = with_training(load_project(example_path(name)), precision="float64",
+                         optimizer="lbfgs", gradient_tolerance=1e-10)
+    m = load(tmp_path, spec)
+    data = read_csv(example_path(name).parent / "data.csv")
+    report = m.train(m.init_params(), data)
+    want = scipy_lbfgsb(m, data)
+    assert_same_optimum(report, m, want.fun, want.x)
+    assert report.passes <= 1.2 * want.nfev, (report, want.nfev)
+
+
+def test_trend_lbfgs_needs_no_learning_rate(tmp_path):
+    """The story's model (mean absolute error, not smooth): L-BFGS from the project's start gets
+    to the optimum that linear programming (an exact method for L1 regression) certifies, to
+    the accuracy a smooth method can reach at a kink, and beats the project's tuned Adam."""
+    spec = load_project(example_path("trend"))
+    adam = load(tmp_path, spec)
+    m = load(tmp_path, with_training(spec, optimizer="lbfgs"))
+    data = read_csv(example_path("trend").parent / "data.csv")
+    report = m.train(m.init_params(), data)
+    x, y = data["x"], data["y"]
+    n = len(x)
+    design = np.stack([x ** 2, x, np.ones(n)], axis=1)
+    lp = scipy_optimize.linprog(np.r_[np.zeros(3), np.ones(2 * n)] / n,
+                                A_eq=np.hstack([design, np.eye(n), -np.eye(n)]), b_eq=y,
+                                bounds=[(None, None)] * 3 + [(0, None)] * (2 * n),
+                                method="highs")
+    assert lp.status == 0
+    assert report.reason != "non_finite"
+    assert lp.fun <= report.objective <= lp.fun * (1 + 1e-4), (report, lp.fun)
+    assert report.objective < adam.train(adam.init_params(), data).objective
+
+
+def test_lm_example_matches_scipy_least_squares(tmp_path):
+    m = load(tmp_path, ROOT / "examples" / "decay" / "project.toml")
+    data = read_csv(ROOT / "examples" / "decay" / "data.csv")
+    report = m.train(m.init_params(), data)
+    d, n, c = flat_problem(m, data)
+    want = scipy_optimize.least_squares(
+        lambda th: m._residuals_flat(th, d, n, c)[0], m.flatten(m.init_params()),
+        jac=lambda th: m._residuals_flat(th, d, n, c)[1], method="lm",
+        xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    assert_same_optimum(report, m, 2 * want.cost, want.x)
+    assert report.passes <= 1.2 * want.nfev + 1
+    # the same model by L-BFGS reaches the same optimum
+    lbfgs = load(tmp_path, with_training(load_project(ROOT / "examples" / "decay" / "project.toml"),
+                                         optimizer="lbfgs", gradient_tolerance=1e-11))
+    again = lbfgs.train(lbfgs.init_params(), data)
+    assert_same_optimum(again, lbfgs, 2 * want.cost, want.x, param_tol=1e-5)
+
+
+# ---------------------------------------------------------------- random models
+
+SHAPES = [
+    "a*exp(-b*x) + c", "a*tanh(b*x + c) + d*z", "(a + b*x)/(1 + c*c*x*x) + d",
+    "a*x + b*x**2 + c*sin(d*x)", "a/(1 + exp(-b*(x - c))) + d*z",
+]
+
+
+def random_least_squares(seed: int):
+    rng = random.Random(seed)
+    shape = SHAPES[seed % len(SHAPES)]
+    names = [p for p in "abcd" if p in shape.replace("exp", "").replace("tanh", "")]
+    truth = {p: round(rng.uniform(0.5, 1.5), 3) for p in names}
+    start = {p: round(v + rng.uniform(-0.3, 0.3), 3) for p, v in truth.items()}
+    spec = gradforge.ProjectSpec.create(
+        name=f"rnd{seed}", parameters=start, inputs={"x": {}, "z": {}}, targets={"y": {}},
+        prediction=shape, loss=f"{rng.choice(['1', '0.5', '3'])}*(prediction - y)**2",
+        reduction=rng.choice(["mean", "sum"]), training={"optimizer": "lm"})
+    gen = np.random.default_rng(seed)
+    x = gen.uniform(-2, 2, 150)
+    z = gen.normal(size=150)
+    env = {"exp": np.exp, "tanh": np.tanh, "sin": np.sin, "x": x, "z": z, **truth}
+    y = eval(shape, env) + gen.normal(0, 0.05, x.size)   # test data, not project input
+    return spec, {"x": x, "z": z, "y": y}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_models_agree_with_scipy(tmp_path, seed):
+    spec, data = random_least_squares(seed)
+    lm = load(tmp_path, spec)
+    lbfgs = load(tmp_path, with_training(spec, optimizer="lbfgs", gradient_tolerance=1e-11))
+    d, n, c = flat_problem(lm, data)
+    start = lm.flatten(lm.init_params())
+    ls = scipy_optimize.least_squares(
+        lambda th: lm._residuals_flat(th, d, n, c)[0], start,
+        jac=lambda th: lm._residuals_flat(th, d, n, c)[1], method="lm",
+        xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    bfgs = scipy_lbfgsb(lbfgs, data)
+    assert abs(2 * ls.cost - bfgs.fun) <= 1e-10 * bfgs.fun      # SciPy agrees with itself
+    tight = {"gradient_tolerance": 1e-12, "objective_tolerance": 0.0}
+    assert_same_optimum(lm.train(lm.init_params(), data, **tight), lm, 2 * ls.cost, ls.x)
+    report = lbfgs.train(lbfgs.init_params(), data, gradient_tolerance=1e-9,
+                         objective_tolerance=1e-15)
+    assert_same_optimum(report, lbfgs, bfgs.fun, bfgs.x, param_tol=1e-5)
+
+
+# ---------------------------------------------------------------- bounds
+
+def bounded_decay(tmp_path, optimizer):
+    """Data that decays *upwards* (the best unbounded rate is negative): the bound rate ≥ 0
+    is active at the optimum."""
+    spec = load_project(ROOT / "examples" / "decay" / "project.toml")
+    spec = with_training(spec, optimizer=optimizer, gradient_tolerance=1e-11)
+    m = load(tmp_path, spec)
+    t = np.linspace(0, 3, 60)
+    data = {"t": t, "y": 1.0 + 0.3 * t + 0.05 * np.sin(7 * t)}
+    return m, data
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "levenberg_marquardt"])
+def test_bounds_are_respected_and_match_scipy(tmp_path, optimizer):
+    m, data = bounded_decay(tmp_path, optimizer)
+    seen = []
+    d, n, c = flat_problem(m, data)
+
+    def evaluate(theta):
+        seen.append(theta.copy())
+        if optimizer == "lbfgs":
+            return m._value_and_grad_flat(theta, d, n, c)
+        return m._normal_flat(theta, d, n, c)
+    report = m.minimize(evaluate, m.flatten(m.init_params()))
+    assert all(th[1] >= 0.0 for th in seen), "evaluated outside the box"
+    bounds = [(None, None), (0.0, None), (None, None)]
+    want = scipy_lbfgsb(m, data, bounds=bounds)
+    assert want.x[1] == 0.0
+    got = m.flatten(report.params)
+    assert got[1] == 0.0
+    assert_same_optimum(report, m, want.fun)
+    # at rate = 0 only amplitude + baseline is determined
+    assert abs((got[0] + got[2]) - (want.x[0] + want.x[2])) <= 1e-6
+
+
+def test_first_order_methods_project_after_each_step(tmp_path):
+    spec = load_project(ROOT / "examples" / "decay" / "project.toml")
+    m = load(tmp_path, with_training(spec, optimizer="sgd", learning_rate=0.05, epochs=50,
+                                     batch_size=0))
+    _, data = bounded_decay(tmp_path, "lbfgs")
+    seen = []
+    report = m.train(m.init_params(), data, callback=lambda r: seen.append(r.params["rate"]))
+    assert report.reason == "max_iterations" and report.iterations == 50
+    assert min(seen) == 0.0 and all(v >= 0.0 for v in seen)
+
+
+# ---------------------------------------------------------------- stopping rules, report
+
+def test_report_fields_and_stopping_rules(tmp_path):
+    m = load(tmp_path, ROOT / "examples" / "decay" / "project.toml")
+    data = read_csv(ROOT / "examples" / "decay" / "data.csv")
+    report = m.train(m.init_params(), data, max_iterations=2)
+    assert (report.reason, report.iterations, report.converged) == ("max_iterations", 2, False)
+    assert report.evaluations == report.passes >= 3
+    assert abs(report.objective - m.objective(report.params, data)) <= 1e-15
+    stopped = m.train(m.init_params(), data, callback=lambda r: r.iterations == 3)
+    assert (stopped.reason, stopped.iterations) == ("callback", 3)
+    loose = m.train(m.init_params(), data, gradient_tolerance=1e-3, objective_tolerance=0)
+    assert loose.reason == "gradient_tolerance" and loose.gradient_norm <= 1e-3
+    assert "levenberg_marquardt: gradient_tolerance after" in str(loose)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "lbfgs"])
+def test_non_finite_is_never_accepted(tmp_path, optimizer):
+    """log(a) with a large step: first-order methods stop with the last finite parameters;
+    the line search backtracks and carries on."""
+    extra = {"learning_rate": 50.0, "epochs": 20, "batch_size": 0} if optimizer != "lbfgs" else {}
+    spec = gradforge.ProjectSpec.create(
+        name="logfit", parameters={"a": 1.0}, inputs={"x": {}}, targets={"y": {}},
+        prediction="log(a)*x", loss="(prediction - y)**2",
+        training={"optimizer": optimizer, **extra})
+    m = load(tmp_path, spec)
+    x = np.linspace(1, 2, 20)
+    data = {"x": x, "y": -2.0 * x}                # optimum a = exp(-2); big steps make a < 0
+    with np.errstate(all="ignore"):
+        report = m.train(m.init_params(), data)
+    assert math.isfinite(report.objective) and np.isfinite(report.params["a"])
+    if optimizer == "lbfgs":
+        assert report.converged and abs(report.params["a"] - math.exp(-2)) < 1e-6
+    else:
+        assert report.reason == "non_finite"
+
+
+# ---------------------------------------------------------------- project-file errors
+
+@pytest.mark.parametrize("text, key, words", [
+    ('a = { init = -1.0, lower = 0.0 }', "parameters.a.init", "below the lower bound"),
+    ('a = { init = 1.0, lower = 2.0, upper = 1.0 }', "parameters.a.lower", "above upper"),
+    ('a = { shape = [2], init = [0.5, 3.0], upper = [1.0, 2.0] }', "parameters.a.init",
+     "element 1"),
+])
+def test_bad_bounds_are_project_errors(tmp_path, text, key, words):
+    path = tmp_path / "p.toml"
+    path.write_text(f'[project]\nname = "p"\n[parameters]\n{text}\n[inputs]\nx = {{}}\n'
+                    f'[model]\nprediction = "sum(a)*x"\nloss = "prediction**2"\n')
+    with pytest.raises(ProjectError) as err:
+        load_project(path)
+    assert key in str(err.value) and words in str(err.value) and ":4:" in str(err.value)
+
+
+def test_lm_refuses_a_loss_that_is_not_a_sum_of_squares(tmp_path):
+    spec = with_training(load_project(example_path("trend")), optimizer="levenberg_marquardt")
+    with pytest.raises(ProjectError) as err:
+        gradforge.compile_project(spec)
+    assert "training.optimizer" in str(err.value) and "lbfgs" in str(err.value)
+    reg = gradforge.ProjectSpec.create(
+        name="r", parameters={"a": 1.0}, inputs={"x": {}}, targets={"y": {}},
+        prediction="a*x", loss="(prediction - y)**2", regularization="abs(a)",
+        training={"optimizer": "lm"})
+    with pytest.raises(ProjectError, match="regularization"):
+        gradforge.compile_project(reg)
+
+
+def test_learning_rate_is_refused_for_lbfgs():
+    with pytest.raises(ProjectError, match="chooses its own steps"):
+        gradforge.ProjectSpec.create(name="r", parameters={"a": 1.0}, prediction="a",
+                                     loss="prediction**2",
+                                     training={"optimizer": "lbfgs", "learning_rate": 0.1})
+
+
+def test_declared_residuals_and_square_regularizer(tmp_path):
+    spec = gradforge.ProjectSpec.create(
+        name="ridge", parameters={"w": {"shape": [2], "init": [0.0, 0.0]}},
+        inputs={"x": {"shape": [2]}}, targets={"y": {}},
+        prediction="dot(w, x)", loss="(prediction - y)**2 + 0.5*(w[0] - w[1])**2",
+        residuals="[prediction - y, sqrt(0.5)*(w[0] - w[1])]",
+        regularization="0.1*dot(w, w)", training={"optimizer": "lm"})
+    m = load(tmp_path, spec)
+    gen = np.random.default_rng(3)
+    x = gen.normal(size=(40, 2))
+    data = {"x": x, "y": x @ [1.5, -0.5] + gen.normal(0, 0.1, 40)}
+    report = m.train(m.init_params(), data)
+    # closed form of the ridge-like quadratic: (XᵀX/n + 0.5·D + 0.1 I) w = Xᵀy/n
+    n = len(x)
+    diff = np.array([[1.0, -1.0], [-1.0, 1.0]])
+    w = np.linalg.solve(x.T @ x / n + 0.5 * diff + 0.1 * np.eye(2), x.T @ data["y"] / n)
+    assert np.max(np.abs(report.params["w"] - w)) < 1e-8
+    wrong = dataclasses.replace(spec, model=dataclasses.replace(spec.model,
+                                                                residuals="[prediction - y]"))
+    with pytest.raises(ProjectError, match="model.residuals"):
+        gradforge.compile_project(wrong)
+
+
+def test_backends_refuse_what_their_trainer_does_not_implement(registry):
+    """A backend never emits a trainer that would silently ignore the optimizer or bounds."""
+    from gradforge.errors import BackendError
+    spec = load_project(ROOT / "examples" / "decay" / "project.toml")
+    for name in sorted(registry.backends):
+        backend = registry.backend(name)
+        program = gradforge.compile_project(
+            dataclasses.replace(spec, precision="float32" if name == "metal" else "float64"))
+        if backend.trains(program):
+            assert backend.emit(program, backend.resolve_options({}))
+        else:
+            with pytest.raises(BackendError, match="cannot train|bounds"):
+                backend.emit(program, backend.resolve_options({}))
