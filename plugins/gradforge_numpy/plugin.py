@@ -20,7 +20,7 @@ from .printer import GradforgeNumPyPrinter
 RESERVED = set(keyword.kwlist) | set(dir(__builtins__) if isinstance(__builtins__, dict)
                                      else dir(__builtins__)) | {
     "numpy", "theta", "d", "c", "n", "grad", "h", "state", "DTYPE", "NUM_PARAMS", "value",
-    "jac", "math", "dataclasses",
+    "jac", "math",
 }
 
 
