@@ -26,7 +26,9 @@ the pieces fit together.
   (a build or run of your output failed), :class:`ProjectError` (a user's project is wrong).
 * **Naming and training**: :class:`Namer` (fresh identifiers unique within a model),
   :class:`TrainingSpec` and :func:`build_optimizer` (the IR of another optimizer, for a backend
-  that ships several).
+  that ships several); :func:`check_training` (refuse an optimizer or bounds your trainer does
+  not implement), :data:`LINE_SEARCH`, :data:`DAMPING`, :data:`STOP_REASONS` (the constants and
+  reason names of L-BFGS, Levenberg–Marquardt and the training report, docs/semantics.md).
 * **Reference and verification** (for a backend's own CI scripts): :class:`ProjectSpec`,
   :func:`load_project`, :func:`compile_project`, :func:`load_program`, :func:`emit`,
   :func:`load_registry` (a fresh registry, with plugin objects registered in code), :class:`Reference`
@@ -43,7 +45,7 @@ from .ir import (MAX_EXPANDED_POWER, VOCABULARY, Assignment, Constant, Field, Hy
                  Kernel, Optimizer, Parameter, Program, Training, check_vocabulary,
                  count_operations, walk)
 from .model import Namer
-from .optimizers import build_optimizer
+from .optimizers import DAMPING, LINE_SEARCH, STOP_REASONS, build_optimizer, check_training
 from .plugins import load_registry
 from .printing import CFamilyPrinter, float32_round, safe_names, shortest_repr
 from .project import ProjectSpec, TrainingSpec, load_project
@@ -71,7 +73,8 @@ __all__ = [
     # errors
     "BackendError", "ToolchainError", "ProjectError",
     # naming and training
-    "Namer", "TrainingSpec", "build_optimizer",
+    "Namer", "TrainingSpec", "build_optimizer", "check_training", "LINE_SEARCH", "DAMPING",
+    "STOP_REASONS",
     # reference and verification
     "ProjectSpec", "load_project", "compile_project", "load_program", "emit", "load_registry",
     "Reference",

@@ -18,12 +18,11 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (Assignment, Backend, Case, Kernel, Program, Result,
+from gradforge.plugin_api import (check_training, Assignment, Backend, Case, Kernel, Program, Result,
                                   Toolchain, ToolchainError, check_vocabulary,
                                   count_operations, decode_results, encode_cases, find_tool,
                                   header_text, hookimpl, render, run_tool,
                                   safe_names, shortest_repr, write_files)
-from gradforge.optimizers import check_training
 
 from .printer import MATH_FUNCTIONS, GradforgeCPrinter
 

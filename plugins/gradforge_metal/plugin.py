@@ -25,12 +25,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (Assignment, Backend, BackendError, Case, Option, Program,
+from gradforge.plugin_api import (check_training, Assignment, Backend, BackendError, Case, Option, Program,
                                   Result, Toolchain, ToolchainError, check_vocabulary,
                                   decode_results, encode_cases, find_tool, header_text,
                                   hookimpl, render, run_tool, safe_names,
                                   shortest_repr, write_files)
-from gradforge.optimizers import check_training
 
 from .printer import RESERVED, MetalPrinter
 

@@ -9,10 +9,9 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (Backend, Case, Kernel, Program, Result, Toolchain,
+from gradforge.plugin_api import (DAMPING, LINE_SEARCH, Backend, Case, Kernel, Program, Result, Toolchain,
                                   ToolchainError, check_vocabulary, header_text, hookimpl,
                                   render, safe_names, shortest_repr)
-from gradforge.optimizers import DAMPING, LINE_SEARCH
 
 from .printer import GradforgeNumPyPrinter
 

@@ -23,12 +23,11 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (Backend, Case, Kernel, Namer, Optimizer, Option, Program,
+from gradforge.plugin_api import (check_training, Backend, Case, Kernel, Namer, Optimizer, Option, Program,
                                   ProjectError, Result, Toolchain, ToolchainError,
                                   TrainingSpec, build_optimizer, check_vocabulary,
                                   decode_results, encode_cases, find_tool, header_text,
                                   hookimpl, render, run_tool, safe_names, write_files)
-from gradforge.optimizers import check_training
 
 from .printer import SwiftPrinter
 
