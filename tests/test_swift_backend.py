@@ -427,6 +427,7 @@ def test_emit_is_deterministic_and_marked(example):
     assert set(files) == {
         "Package.swift", f"Sources/{module}/{module}.swift",
         f"Sources/{module}/{module}Kernels.swift", f"Sources/{module}/{module}Training.swift",
+        f"Sources/{module}/{module}ParamsFile.swift",
         f"Sources/{module}Train/main.swift", f"Tests/{module}Tests/{module}Tests.swift"}
     for rel, text in files.items():
         assert any(MARKER.search(line) for line in text.splitlines()[:5]), rel

@@ -103,3 +103,58 @@ def test_c_refuses_other_models_and_broken_files_without_writing(tmp_path):
     (tmp_path / "ok.txt").write_text(good)
     assert run_loader(binary, tmp_path / "ok.txt") == (0, [1.5, 2.5, 3.5])
     assert run_loader(binary, tmp_path / "absent.txt")[0] == -1
+
+
+@pytest.mark.toolchain
+def test_swift_package_loads_params_json_and_keeps_training(tmp_path):
+    """Python trains → params.json → the Swift trainer (`--init`) reads it, writes it back
+    unchanged with 0 epochs, continues training from it, and refuses another model's file."""
+    need("swift")
+    from gradforge_swift.plugin import swift_build_command
+    program = gradforge.load_program(MLP / "project.toml")
+    trained = gradforge.train(MLP / "project.toml", MLP / "data.csv", max_iterations=5,
+                              params_out=tmp_path / "params.json")
+    package = tmp_path / "package"
+    for rel, text in gradforge.emit(program, "swift").items():
+        (package / rel).parent.mkdir(parents=True, exist_ok=True)
+        (package / rel).write_text(text)
+    proc = subprocess.run(swift_build_command(package, tmp_path / "build", tmp_path / "cache")
+                          + ["--product", f"{program.name}-train"],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    trainer = tmp_path / "build" / "release" / f"{program.name}-train"
+
+    def swift(*args):
+        return subprocess.run([str(trainer), str(MLP / "data.csv"), *map(str, args)],
+                              capture_output=True, text=True, timeout=600)
+
+    same = swift("--init", tmp_path / "params.json", "--epochs", 0,
+                 "--params-out", tmp_path / "again.json")
+    assert same.returncode == 0, same.stderr
+    before = json.loads((tmp_path / "params.json").read_text())
+    after = json.loads((tmp_path / "again.json").read_text())
+    assert after["model_hash"] == before["model_hash"] == program.model_hash
+    for a, b in zip(after["parameters"], before["parameters"]):   # float32 model: same floats
+        numpy.testing.assert_array_equal(numpy.float32(a["values"]), numpy.float32(b["values"]))
+    assert [p["shape"] for p in after["parameters"]] == [p["shape"] for p in before["parameters"]]
+    # the Swift objective at the loaded parameters is the Python one (float32)
+    assert after["objective"] == pytest.approx(trained.objective, rel=1e-5)
+    # keep training on-device from the loaded parameters; Python reads the result back
+    more = swift("--init", tmp_path / "params.json", "--epochs", 20,
+                 "--params-out", tmp_path / "more.json")
+    assert more.returncode == 0, more.stderr
+    resumed = json.loads((tmp_path / "more.json").read_text())
+    assert resumed["objective"] < after["objective"]
+    module = numpy_module_for(program)
+    module.load_params(tmp_path / "more.json")
+    # another model's file: one line, exit 2
+    gradforge.train(TREND / "project.toml", TREND / "data.csv", max_iterations=1,
+                    params_out=tmp_path / "trend.json")
+    wrong = swift("--init", tmp_path / "trend.json", "--epochs", 0)
+    assert wrong.returncode == 2 and "parameters of another model" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+
+
+def numpy_module_for(program):
+    from gradforge.training import numpy_module
+    return numpy_module(program)

@@ -6,6 +6,7 @@
     Sources/<Module>/<Module>.swift       parameters, data, constants, objective, gradient …
     Sources/<Module>/<Module>Kernels.swift  the generated straight-line per-sample code
     Sources/<Module>/<Module>Training.swift optimizers (SGD, momentum, Adam), PRNG, train(…)
+    Sources/<Module>/<Module>ParamsFile.swift params.json: read/write (JSON reader, no Foundation)
     Sources/<Module>Train/main.swift      `<name>-train data.csv`: trains from a CSV file
     Tests/<Module>Tests/<Module>Tests.swift XCTest: flat round trip, finite differences, seeds
 
@@ -54,7 +55,7 @@ SWIFT_GLOBALS = frozenset("""
 MEMBER_NAMES = frozenset("""
     flat scalarCount count description encode decode CodingKeys hash hashValue gradient value
     step reset parameters data constants optimizer epochs batchSize seed learningRate
-    predictions objective predict train
+    predictions objective predict train modelHash paramsJSON write
 """.split())
 
 #: Module names that would shadow a system module or a standard type (refused by the core).
@@ -164,6 +165,7 @@ class SwiftBackend(Backend):
             f"Sources/{ctx.module}/{ctx.module}.swift": ctx.render("Library.swift.j2"),
             f"Sources/{ctx.module}/{ctx.module}Kernels.swift": ctx.render("Kernels.swift.j2"),
             f"Sources/{ctx.module}/{ctx.module}Training.swift": ctx.render("Training.swift.j2"),
+            f"Sources/{ctx.module}/{ctx.module}ParamsFile.swift": ctx.render("ParamsFile.swift.j2"),
             f"Sources/{ctx.module}Train/main.swift": ctx.render("TrainMain.swift.j2"),
             f"Tests/{ctx.module}Tests/{ctx.module}Tests.swift": ctx.render("Tests.swift.j2"),
         }
@@ -237,7 +239,8 @@ class _Context:
         self.types = {"parameters": f"{m}Parameters", "data": f"{m}Data",
                       "constants": f"{m}Constants", "model": f"{m}Model", "inputs": f"{m}Inputs",
                       "optimizer": f"{m}Optimizer", "rng": f"{m}SplitMix64",
-                      "scalar": f"{m}Scalar"}
+                      "scalar": f"{m}Scalar", "params_error": f"{m}ParamsFileError",
+                      "json": f"{m}JSONValue"}
         user = {p.name for p in program.parameters} | {f.name for f in program.fields} \
             | {c.name for c in program.constants}
         reserved = (SWIFT_KEYWORDS | SWIFT_GLOBALS | MEMBER_NAMES | {module}
@@ -269,6 +272,7 @@ class _Context:
                                                    if f["role"] == "input"),
                       input_field_types=", ".join(f"UnsafeBufferPointer<{self.scalar}>"
                                                   for f in p.fields if f.role == "input"),
+                      model_hash=p.model_hash,
                       reference_order=", ".join(map(str, splitmix64_order(7, 10))),
                       synthetic_ranges=self.synthetic_ranges(),
                       field_types=", ".join(f"UnsafeBufferPointer<{self.scalar}>"
