@@ -17,6 +17,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1 as _expm1, log1p as _log1p
 
 from .errors import ProjectError, did_you_mean
+from .printing import float32_round
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,10 @@ class ExpressionParser:
     """Parses one expression string against a table of names (symbols, arrays, definitions)."""
 
     def __init__(self, names: Mapping[str, Value], key: str,
-                 bind: Callable[[sp.Expr], sp.Symbol] | None = None):
+                 bind: Callable[[sp.Expr], sp.Symbol] | None = None,
+                 precision: str = "float64"):
         self.names = dict(names)
+        self.precision = precision
         self.key = key
         self.bind = bind
         self.source = ""
@@ -235,6 +238,13 @@ class ExpressionParser:
             raise self.fail(node, "only numeric literals are allowed")
         if isinstance(node.value, float) and not math.isfinite(node.value):
             raise self.fail(node, "literal is not finite")
+        if self.precision == "float32" and node.value != 0:
+            rounded = float32_round(float(node.value))
+            if math.isinf(rounded) or rounded == 0:
+                raise self.fail(node, f"literal {'overflows' if rounded else 'underflows'} "
+                                f"float32 (its finite non-zero range is 1.4e-45 to "
+                                f"3.4028235e+38)", "use a value in range, or "
+                                "precision = \"float64\" under [project]")
         return node.value if isinstance(node.value, int) else number(node.value)
 
     def visit_Name(self, node: ast.Name, loops) -> Value:
@@ -371,7 +381,10 @@ class ExpressionParser:
             fold = maximum if name == "max" else minimum
             result = args[0]
             for arg in args[1:]:
-                result = self.elementwise(node, lambda a, b: fold(_sym(a), _sym(b)), result, arg)
+                # max(a, b, c) = max(max(a, b), c): the inner result is compared again, so it
+                # is bound to a let first (a Piecewise inside a condition would become ITE)
+                result = self.elementwise(node, lambda a, b: fold(_sym(a), _sym(b)),
+                                          self.guard(result), self.guard(arg))
             return result
         if name in SCALAR_FUNCTIONS:
             arity, build = SCALAR_FUNCTIONS[name]

@@ -8,11 +8,13 @@ that the derivative and the generated code keep the structure the user wrote.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import sympy as sp
 
 from .errors import ProjectError
+from .printing import float32_round
 from .expressions import Array, ExpressionParser, is_condition, referenced_names
 from .project import ConstantSpec, FieldSpec, ParameterSpec, ProjectSpec
 
@@ -109,6 +111,8 @@ def build_model(spec: ProjectSpec) -> Model:
         return SymbolArray(item.name, item.shape,
                            tuple(namer.symbol(n) for n in element_names(item.name, item.shape)))
 
+    if spec.precision == "float32":
+        _check_float32(spec)
     parameters = tuple(declare(p) for p in spec.parameters)
     inputs = tuple(declare(f) for f in spec.inputs)
     targets = tuple(declare(f) for f in spec.targets)
@@ -126,7 +130,8 @@ def build_model(spec: ProjectSpec) -> Model:
         return symbol
 
     def parser(key: str, table=None) -> ExpressionParser:
-        return ExpressionParser(names if table is None else table, key, bind_operand)
+        return ExpressionParser(names if table is None else table, key, bind_operand,
+                                spec.precision)
 
     sources = dict(spec.model.definitions)
     sources["prediction"] = spec.model.prediction
@@ -171,6 +176,18 @@ def build_model(spec: ProjectSpec) -> Model:
         raise ProjectError("the loss does not depend on any parameter", key="model.loss")
     return Model(spec, parameters, inputs, targets, constants, tuple(lets), prediction, loss,
                  regularization, namer, residuals)
+
+
+def _check_float32(spec: ProjectSpec) -> None:
+    """Initial values and constant defaults must be finite float32 numbers (a value beyond
+    FLT_MAX would be printed as an infinity the user never wrote)."""
+    values = [(f"parameters.{p.name}", v) for p in spec.parameters for v in p.init]
+    values += [(f"constants.{c.name}", c.default) for c in spec.constants]
+    for key, value in values:
+        if math.isinf(float32_round(value)):
+            raise ProjectError(f"{value!r} overflows float32 (largest 3.4028235e+38)", key=key,
+                               hint="use a value in range, or precision = \"float64\" "
+                                    "under [project]")
 
 
 def _bind(value, name: str, namer: Namer, lets: list, key: str):

@@ -15,12 +15,18 @@ import struct
 from typing import Mapping
 
 import sympy as sp
+from sympy.core.mul import _keep_coeff
 from sympy.printing.c import C99CodePrinter
+from sympy.printing.precedence import PRECEDENCE, precedence
 
 from .errors import BackendError
 
 from .ir import MAX_EXPANDED_POWER  # x**n with |n| up to this prints as products
 from .ir import count_operations, walk
+
+
+#: The largest finite IEEE single.
+FLT_MAX = 3.4028234663852886e38
 
 
 def float32_round(value: float) -> float:
@@ -36,6 +42,9 @@ def shortest_repr(value: float, precision: str) -> str:
         text = repr(float(value))
     else:
         target = float32_round(value)
+        if math.isinf(target):
+            raise BackendError(f"constant {value!r} is outside the float32 range "
+                               f"(largest {FLT_MAX!r})")
         text = repr(target)
         for digits in range(1, 10):
             candidate = f"{target:.{digits}g}"
@@ -77,7 +86,8 @@ class CFamilyPrinter(C99CodePrinter):
     # of sorting every sum again, which dominated emit time on large models
     _default_settings = dict(C99CodePrinter._default_settings, order="none", precision="float64",
                              names={}, literal_suffix="", function_names={},
-                             sign_function="gf_sign", pow_function="pow", select_function="")
+                             sign_function="gf_sign", pow_function="pow", select_function="",
+                             infinity="INFINITY")
 
     def __init__(self, settings=None):
         super().__init__(settings or {})
@@ -94,13 +104,17 @@ class CFamilyPrinter(C99CodePrinter):
         return self.names.get(expr.name, expr.name)
 
     def literal(self, value: float) -> str:
+        """A typed literal; a constant beyond the precision's range (folded, or made by the
+        derivative: ``(1e30*x)**2``) is the typed infinity it rounds to."""
+        if math.isinf(float32_round(value) if self.precision == "float32" else value):
+            return ("-" if value < 0 else "") + self._settings["infinity"]
         return shortest_repr(value, self.precision) + self._settings["literal_suffix"]
 
     def _print_Integer(self, expr):
-        return self.literal(float(int(expr)))
+        return self.literal(float(expr))
 
     def _print_Rational(self, expr):
-        return self.literal(float(expr.p) / float(expr.q))
+        return self.literal(float(expr))
 
     def _print_Float(self, expr):
         return self.literal(float(expr))
@@ -133,10 +147,10 @@ class CFamilyPrinter(C99CodePrinter):
         base, exp = expr.args
         if exp.is_Integer and 0 < abs(int(exp)) <= MAX_EXPANDED_POWER:
             n = abs(int(exp))
-            factor = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"] + 1)
+            factor = self.parenthesize(base, PRECEDENCE["Mul"], strict=True)
             product = "*".join([factor] * n)
             if int(exp) > 0:
-                return product if n == 1 else product
+                return product
             return f"{self.literal(1.0)}/({product})" if n > 1 else f"{self.literal(1.0)}/{factor}"
         if exp == sp.Rational(1, 2):
             return self.call("sqrt", self._print(base))
@@ -144,17 +158,34 @@ class CFamilyPrinter(C99CodePrinter):
             return f"{self.literal(1.0)}/{self.call('sqrt', self._print(base))}"
         return self.call(self._settings["pow_function"], self._print(base), self._print(exp))
 
+    def printed_precedence(self, item) -> int:
+        """The precedence of ``item`` *as this printer writes it*.
+
+        SymPy gives every power the precedence of ``**``, but a C-family language has no
+        ``**``: ``x**2`` prints as the product ``x*x``, ``x**-1`` and ``x**-0.5`` as the
+        quotients ``1.0/x`` and ``1.0/sqrt(x)``, other powers as calls. A quotient used as a
+        divisor without parentheses silently changes the value (``a/1.0/sqrt(u)``).
+        """
+        if isinstance(item, sp.Pow):
+            exp = item.exp
+            if exp == 1:
+                return self.printed_precedence(item.base)
+            if (exp.is_Integer and abs(int(exp)) <= MAX_EXPANDED_POWER) \
+                    or exp == -sp.Rational(1, 2):
+                return PRECEDENCE["Mul"]
+            return PRECEDENCE["Atom"]               # sqrt(…), pow(…, …)
+        if isinstance(item, sp.Piecewise):
+            return PRECEDENCE["Atom"]               # select(…) or a parenthesized ?:
+        return precedence(item)
+
     def parenthesize(self, item, level, strict=False):
         if getattr(item, "is_Number", False) and item >= 0:
             return self._print(item)          # a literal never needs parentheses
-        if (isinstance(item, sp.Pow) and item.exp.is_Integer
-                and 1 < abs(int(item.exp)) <= MAX_EXPANDED_POWER):
-            # printed as a product or quotient, so it binds like `*`, not like `**`:
-            # a/x**2 must become a/(x*x), never a/x*x. (SymPy passes the precedence of a
-            # negative product as Add's, so any operand position gets the parentheses.)
-            text = self._print(item)
-            return f"({text})" if level >= sp.printing.precedence.PRECEDENCE["Add"] else text
-        return super().parenthesize(item, level, strict)
+        prec = self.printed_precedence(item)
+        text = self._print(item)
+        if prec < level or (strict and prec <= level):
+            return f"({text})"
+        return text
 
     def _print_Mul(self, expr):
         if all(a.is_Symbol for a in expr.args):
@@ -162,12 +193,13 @@ class CFamilyPrinter(C99CodePrinter):
             # each factor was most of the emit time on large models
             return "*".join(self._print(a) for a in expr.args)
         coeff, rest = expr.as_coeff_Mul()
-        if coeff.is_Rational and not coeff.is_Integer and abs(coeff.p) == 1 and rest != 1:
+        if coeff.is_Rational and not coeff.is_Integer and abs(coeff.p) == 1 and rest != 1 \
+                and coeff.q < 2 ** 24:
             # x/3 rather than 0.333…*x: exact and readable
             sign = "-" if coeff.p < 0 else ""
-            body = self.parenthesize(rest, sp.printing.precedence.PRECEDENCE["Mul"] - 1)
+            body = self.parenthesize(rest, PRECEDENCE["Mul"])
             return f"{sign}{body}/{self.literal(float(coeff.q))}"
-        return super()._print_Mul(expr)
+        return print_quotient(self, expr, self.literal(1.0))
 
     def _print_sign(self, expr):
         return f"{self._settings['sign_function']}({self._print(expr.args[0])})"
@@ -217,6 +249,42 @@ class CFamilyPrinter(C99CodePrinter):
 
     def emptyPrinter(self, expr):  # noqa: N802 - SymPy's name
         raise BackendError(f"cannot print {type(expr).__name__}: {expr}")
+
+
+def print_quotient(printer, expr: sp.Mul, one: str) -> str:
+    """``numerator/denominator`` for a product, as a C-family or Python printer writes it.
+
+    Factors with a negative exponent form the denominator; a lone divisor that is not an
+    operand (a name, a literal, a call) is parenthesized, because ``/`` is left-associative:
+    ``a/(1.0/sqrt(u))`` must never lose its parentheses. ``printer`` provides
+    ``parenthesize`` and ``printed_precedence`` that know how it prints powers.
+    """
+    coeff, rest = expr.as_coeff_Mul()
+    sign = ""
+    if coeff < 0:
+        expr, sign = _keep_coeff(-coeff, rest), "-"
+    numerator, denominator = [], []
+    for factor in sp.Mul.make_args(expr):
+        if factor.is_Pow and factor.exp.is_Rational and factor.exp.is_negative:
+            denominator.append(factor.base if factor.exp == -1
+                               else sp.Pow(factor.base, -factor.exp, evaluate=False))
+        else:
+            numerator.append(factor)
+    mul = PRECEDENCE["Mul"]
+    if not numerator:
+        top = one
+    elif len(numerator) == 1 and sign:
+        # unary minus binds tighter than * and /: -(a*b) keeps its parentheses
+        top = printer.parenthesize(numerator[0], (PRECEDENCE["Pow"] + mul) / 2)
+    else:
+        top = "*".join(printer.parenthesize(f, mul) for f in numerator)
+    if not denominator:
+        return sign + top
+    if len(denominator) == 1:
+        bottom = printer.parenthesize(denominator[0], mul, strict=True)
+    else:
+        bottom = "(" + "*".join(printer.parenthesize(f, mul) for f in denominator) + ")"
+    return f"{sign}{top}/{bottom}"
 
 
 def safe_names(names, reserved) -> dict[str, str]:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import mpmath
 import sympy as sp
+from sympy.printing.pycode import MpmathPrinter
 
 from .backend import Case
 from .model import Model, build_model
@@ -36,14 +37,32 @@ def _no_delta(expr: sp.Expr) -> sp.Expr:
     return expr.replace(sp.DiracDelta, lambda *args: sp.Integer(0))
 
 
+class _Printer(MpmathPrinter):
+    """mpmath code for lambdify; a long sum is one ``fsum`` call (a chain of thousands of
+    ``+`` exceeds Python's compiler recursion limit, and fsum rounds once)."""
+
+    def _print_Add(self, expr, order=None):
+        if len(expr.args) <= 64:
+            return super()._print_Add(expr, order=order)
+        terms = ", ".join(self._print(t) for t in expr.args)
+        return f"{self._module_format('mpmath.fsum')}([{terms}])"
+
+
+def _lambdify(args, expr):
+    return sp.lambdify(args, expr, "mpmath",
+                       printer=_Printer({"fully_qualified_modules": False, "inline": True,
+                                         "allow_unknown_functions": True,
+                                         "user_functions": {}}))
+
+
 class _Step:
     """One let (or output): value function and sympy.diff partials w.r.t. its direct inputs."""
 
     def __init__(self, expr: sp.Expr, args: list[sp.Symbol], active: set[sp.Symbol]):
-        self.value = sp.lambdify(args, expr, "mpmath")
+        self.value = _lambdify(args, expr)
         self.deps = sorted((s for s in expr.free_symbols if s in active), key=lambda s: s.name)
         partials = [_no_delta(sp.diff(expr, d)) for d in self.deps]
-        self.partials = sp.lambdify(args, partials, "mpmath") if partials else None
+        self.partials = _lambdify(args, partials) if partials else None
 
 
 def _lift_piecewise(expr, lets: list, counter: list[int]):

@@ -241,6 +241,7 @@ class _Emitter:
         roots = [loss] + [g for _, g in kernel.gradient]
         parts = self.kernel_parts(kernel, roots)
         parts.update(name=f"{self.prefix}_sum_loss_and_grad", kind="loss_and_grad",
+                     uses_grad=bool(kernel.gradient),   # all zero: only R(θ) has a gradient
                      accumulate=[f"total += {self.expr(loss)};"]
                      + [f"grad[{i}] += {self.expr(g)};" for i, g in kernel.gradient])
         functions.append(parts)

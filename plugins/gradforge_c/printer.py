@@ -10,9 +10,7 @@ those macros are not defined under ``-std=c99`` and are doubles, so they are swi
 """
 from __future__ import annotations
 
-import sympy as sp
-
-from gradforge.plugin_api import CFamilyPrinter, MAX_EXPANDED_POWER
+from gradforge.plugin_api import CFamilyPrinter
 
 #: SymPy/C function name → its float variant in C99 <math.h>.
 FLOAT_FUNCTIONS = {name: name + "f" for name in
@@ -39,30 +37,11 @@ class GradforgeCPrinter(CFamilyPrinter):
         if settings.get("precision", "float64") == "float32":
             settings.setdefault("literal_suffix", "f")
             settings.setdefault("function_names", FLOAT_FUNCTIONS)
+            settings.setdefault("infinity", "HUGE_VALF")
+        settings.setdefault("infinity", "HUGE_VAL")      # <math.h>, typed like the code
         super().__init__(settings)
         # C89CodePrinter falls back to its macro table when given an empty one; clear it after.
         self.math_macros = {}
-
-    def _print_Mul(self, expr):
-        # CFamilyPrinter prints x**2 as the product x*x, yet SymPy's _print_Mul still gives a
-        # power the precedence of `**` and writes a single denominator without parentheses:
-        # a/(b + 1)**2 would become a/(b + 1)*(b + 1). Write that case here.
-        factors = sp.Mul.make_args(expr)
-        expanded = [f for f in factors if f.is_Pow and f.exp.is_Integer
-                    and -MAX_EXPANDED_POWER <= int(f.exp) < -1]
-        other_denominators = [f for f in factors if f.is_Pow and f.exp.is_Rational
-                              and f.exp.is_negative and f not in expanded]
-        if len(expanded) == 1 and not other_denominators:
-            power = expanded[0]
-            denominator = self._print(sp.Pow(power.base, -power.exp, evaluate=False))
-            numerator = sp.Mul(*[f for f in factors if f is not power])
-            if numerator in (sp.S.One, sp.S.NegativeOne):
-                sign = "-" if numerator == -1 else ""
-                return f"{sign}{self.literal(1.0)}/({denominator})"
-            text = self.parenthesize(numerator, sp.printing.precedence.PRECEDENCE["Mul"],
-                                     strict=True)
-            return f"{text}/({denominator})"
-        return super()._print_Mul(expr)
 
     def _print_BooleanTrue(self, expr):
         return "1"          # C99 without <stdbool.h>: no `true`

@@ -413,6 +413,8 @@ class MetalBackend(Backend):
                        "size": p.size} for p in program.parameters]
         init = [shortest_repr(v, "float32") for p in program.parameters for v in p.init]
         return {
+            "uses_sign": any(e.has(sp.sign) for _, k in program.kernels()
+                             for e in k.expressions()),
             "name": program.name,
             "prefix": prefix,
             "source": program.source,

@@ -4,7 +4,8 @@ MSL is C++14 with address spaces, so the shared :class:`~gradforge.printing.CFam
 does the work: ``float`` literals carry the ``f`` suffix (Metal has no ``double``; an unsuffixed
 literal would be a ``double`` to a C++ compiler and is an error on Metal GPUs without double
 support), small integer powers are products, ``Piecewise`` is a nested ``?:``, and ``sign``
-prints as Metal's built-in ``sign`` (``sign(±0) = 0``, the subgradient rule gradforge uses).
+prints as the kernels' ``gf_sign`` helper: Metal's built-in ``sign`` (``sign(±0) = 0``, the
+subgradient rule gradforge uses) except that NaN stays NaN, as in every backend.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ METAL_WORDS = {
     "sqrt", "rsqrt", "pow", "powr", "sign", "min", "max", "fmin", "fmax", "clamp", "mix",
     "select", "step", "dot", "fma", "floor", "ceil", "round", "trunc", "fract", "saturate",
     "isnan", "isinf", "precise", "fast", "atomic_int", "atomic_uint", "atomic_float",
-    "atomic_bool", "main", "NAN", "INFINITY", "MAXFLOAT",
+    "atomic_bool", "main", "NAN", "INFINITY", "MAXFLOAT", "gf_sign",
 }
 METAL_WORDS |= {f"{s}{n}" for s in _SCALARS for n in (2, 3, 4)}
 METAL_WORDS |= {f"packed_{s}{n}" for s in _SCALARS for n in (2, 3, 4)}
@@ -59,10 +60,10 @@ class MetalPrinter(CFamilyPrinter):
     """Prints IR expressions as MSL ``float`` code."""
 
     _default_settings = dict(CFamilyPrinter._default_settings, precision="float32",
-                             literal_suffix="f", sign_function="sign",
+                             literal_suffix="f", sign_function="gf_sign",
                              function_names={"fabs": "fabs", "log1p": "gf_log1p",
                                              "expm1": "gf_expm1"}, pow_function="pow")
 
     def __init__(self, names):
         super().__init__({"names": names, "precision": "float32", "literal_suffix": "f",
-                          "sign_function": "sign", "pow_function": "pow"})
+                          "sign_function": "gf_sign", "pow_function": "pow"})

@@ -78,6 +78,9 @@ class SwiftPrinter(CFamilyPrinter):
         function_names={"fabs": "abs"}, sign_function="_sign", pow_function="pow")
 
     def __init__(self, settings=None):
+        settings = dict(settings or {})
+        settings.setdefault("infinity",
+                            f"{settings.get('scalar', self._default_settings['scalar'])}.infinity")
         super().__init__(settings)
         self._sink: list[str] | None = None
         self._depth = 0

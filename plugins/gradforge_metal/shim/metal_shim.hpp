@@ -9,7 +9,7 @@
 //   * `kernel`, and the attributes `[[buffer(n)]]`, `[[thread_position_in_grid]]`, … which
 //     expand to the empty attribute list `[[]]` (so -Wattributes stays on for anything else);
 //   * float math in namespace `metal` (exp, log, sin, cos, tan, tanh, sqrt, rsqrt, pow, fabs,
-//     abs, sign, fmin, fmax, min, max, clamp, select), `metal::mem_flags`,
+//     abs, sign, isnan, fmin, fmax, min, max, clamp, select), `metal::mem_flags`,
 //     `threadgroup_barrier` and `simd_sum`;
 //   * `double` is poisoned: any use in kernel code is a compile error (Metal has no double).
 //
@@ -48,6 +48,11 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+// Metal's float infinity (metal_math); gradforge prints constants beyond FLT_MAX as it.
+#ifndef INFINITY
+#define INFINITY __builtin_inff()
+#endif
+
 typedef unsigned int uint;
 typedef unsigned short ushort;
 typedef unsigned char uchar;
@@ -79,6 +84,7 @@ inline uint min(uint x, uint y) { return x < y ? x : y; }
 inline uint max(uint x, uint y) { return x > y ? x : y; }
 inline float clamp(float x, float lo, float hi) { return __builtin_fminf(__builtin_fmaxf(x, lo), hi); }
 inline float select(float a, float b, bool c) { return c ? b : a; }
+inline bool isnan(float x) { return __builtin_isnan(x); }
 /// Metal's sign: 1 for x > 0, -1 for x < 0, 0 for ±0 (and NaN).
 inline float sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
 
