@@ -268,13 +268,14 @@ def test_api_names_and_hoisting():
             "void huber_optimizer_step(huber_optimizer *opt, double *params, const double *grad);",
             "int huber_train(double *params,"):
         assert declaration in header, declaration
-    body = source[source.index("huber_sum_loss_and_grad(const"):]
+    body = source[source.index("huber_block_loss_and_grad(const"):]
     body = body[:body.index("\n}\n")]
-    loop = body.index("for (i = 0")
+    loop = body.index("for (i = start")
     assert body.index("const double w_0 = params[0];") < loop
     assert body.index("const double delta = c->delta;") < loop
     assert body.index("const double x_0 = data_x[4 * s];") > loop
-    assert "grad[4] += d_prediction;" in body
+    # gradient accumulators are locals (registers), stored once per block of samples
+    assert "gf_acc4 += d_prediction;" in body and "part[4] = gf_acc4;" in body
     # where() and sign() are branch-free (a data-dependent jump mispredicts half the time)
     assert "gf_select(" in body and " ? " not in body and "gf_sign(" in body
     assert "operations" in body or "operations" in source

@@ -18,8 +18,9 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (check_training, Assignment, Backend, Case, Kernel, Program, Result,
-                                  Toolchain, ToolchainError, check_vocabulary,
+from gradforge.plugin_api import (check_training, Assignment, Backend, BackendError, Case,
+                                  Kernel, Option, Program, Result, Toolchain, ToolchainError,
+                                  check_vocabulary,
                                   count_operations, decode_results, encode_cases, find_tool,
                                   header_text, hookimpl, render, run_tool,
                                   safe_names, shortest_repr, write_files)
@@ -80,8 +81,14 @@ SYSTEM_HEADERS = frozenset("""
 #: (``n`` of the data struct, the optimizer's scratch). Other functions hold no user names.
 INTERNAL_NAMES = frozenset("""
     params d c grad out n i k s index count total opt batch_grad gradforge_unused
-    gf_sign gf_select
+    gf_sign gf_select part start end job value GF_BLOCK_FUNCTION
 """.split())
+
+#: Samples are summed in blocks of this many (by position in the batch); the block partials
+#: are added in block order, so threads never change a bit (docs/semantics.md, "Reduction").
+BLOCK_SIZE = 1024
+#: The most threads a threaded C build starts (the job table lives on the stack).
+MAX_THREADS = 64
 
 
 def c_type(precision: str) -> str:
@@ -111,8 +118,9 @@ def _split_invariant(body: list[Assignment], field_symbols: set[sp.Symbol]
 class _Emitter:
     """Builds the text of one program's files (kept separate from the plugin object)."""
 
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, threads: int = 1):
         self.program = program
+        self.threads = threads
         self.prefix = program.name
         self.upper = program.name.upper()
         self.T = c_type(program.precision)
@@ -138,20 +146,27 @@ class _Emitter:
             "value_and_grad", "value_and_grad_indexed", "predict", "optimizer_init",
             "optimizer_reset", "optimizer_step", "train", "sum_loss", "sum_loss_and_grad",
             "regularizer", "defaults", "initial_params", "load_params", "read_params",
-            "params_error", "params_pass", "parameter_table")}
+            "params_error", "params_pass", "parameter_table", "block_loss",
+            "block_loss_and_grad", "job", "run_job", "parallel", "thread_count")}
         own |= {f"{u}_{suffix}" for suffix in (
             "NUM_PARAMS", "DEFAULT_CONSTANTS", "DEFAULT_EPOCHS", "DEFAULT_BATCH_SIZE",
             "DEFAULT_SEED", "H", "MODEL_HASH", "PARAMETER_COUNT", "PARAMS_H", "PARAMS_OK",
             "PARAMS_CANNOT_OPEN", "PARAMS_NOT_A_PARAMS_FILE", "PARAMS_OTHER_MODEL",
             "PARAMS_UNKNOWN_PARAMETER", "PARAMS_WRONG_COUNT", "PARAMS_BAD_NUMBER",
-            "PARAMS_MISSING_PARAMETER")}
+            "PARAMS_MISSING_PARAMETER", "THREADS", "BLOCK", "MAX_THREADS")}
         own |= {f"GRADFORGE_{u}_H", f"GRADFORGE_{u}_PARAMS_H"}
         own |= {f"{u}_OFFSET_{q.name}" for q in self.program.parameters}
         own |= {f"{u}_SIZE_{q.name}" for q in self.program.parameters}
         own |= {f"{u}_SIZE_{f.name}" for f in self.fields}
         own |= {self.data_pointer_raw(f.name) for f in self.fields}
+        own |= {self.accumulator(k) for k in range(self.program.num_params)}
         return set(C_KEYWORDS | CXX_KEYWORDS | LIBRARY_NAMES | INTERNAL_NAMES | MATH_FUNCTIONS
                    | own)
+
+    @staticmethod
+    def accumulator(flat_index: int) -> str:
+        """The local that sums ∂ℓ/∂θ[flat_index] over one block (a register, not memory)."""
+        return f"gf_acc{flat_index}"
 
     @staticmethod
     def data_pointer_raw(field_name: str) -> str:
@@ -187,7 +202,7 @@ class _Emitter:
         for f in self.fields:
             if any(s in used for s in f.symbols):
                 pointer = self.data_pointer_raw(f.name)
-                lines.append(f"const {T} *const {pointer} = d->{self.name(f.name)};")
+                lines.append(f"const {T} *restrict const {pointer} = d->{self.name(f.name)};")
         return lines
 
     def sample_loads(self, used: set[sp.Symbol]) -> list[str]:
@@ -225,6 +240,8 @@ class _Emitter:
             "hoisted": self.hoisted_loads(used) + self.assignments(before),
             "loads": self.sample_loads(used),
             "body": self.assignments(inside),
+            "accumulators": [],
+            "store": [],
         }
 
     def per_sample_functions(self) -> list[dict[str, Any]]:
@@ -232,7 +249,7 @@ class _Emitter:
         functions = []
         loss = prog.loss.output("loss")
         parts = self.kernel_parts(prog.loss, [loss])
-        parts.update(name=f"{self.prefix}_sum_loss", kind="loss",
+        parts.update(name=f"{self.prefix}_block_loss", kind="loss",
                      accumulate=[f"total += {self.expr(loss)};"])
         functions.append(parts)
 
@@ -240,10 +257,11 @@ class _Emitter:
         loss = kernel.output("loss")
         roots = [loss] + [g for _, g in kernel.gradient]
         parts = self.kernel_parts(kernel, roots)
-        parts.update(name=f"{self.prefix}_sum_loss_and_grad", kind="loss_and_grad",
-                     uses_grad=bool(kernel.gradient),   # all zero: only R(θ) has a gradient
+        parts.update(name=f"{self.prefix}_block_loss_and_grad", kind="loss_and_grad",
                      accumulate=[f"total += {self.expr(loss)};"]
-                     + [f"grad[{i}] += {self.expr(g)};" for i, g in kernel.gradient])
+                     + [f"{self.accumulator(i)} += {self.expr(g)};" for i, g in kernel.gradient],
+                     accumulators=[self.accumulator(i) for i, _ in kernel.gradient],
+                     store=[f"part[{i}] = {self.accumulator(i)};" for i, _ in kernel.gradient])
         functions.append(parts)
 
         prediction = prog.predict.output("prediction")
@@ -362,6 +380,10 @@ class _Emitter:
             "training": {"epochs": prog.training.epochs,
                          "batch_size": prog.training.batch_size,
                          "seed": prog.training.seed},
+            "threads": self.threads,
+            "block_size": BLOCK_SIZE,
+            "max_threads": MAX_THREADS,
+            "sparse_gradient": len(prog.loss_and_gradient.gradient) < prog.num_params,
             "uses_sign": self.uses_sign,
             "uses_select": self.uses_select,
             "bits": "uint32_t" if self.T == "float" else "uint64_t",
@@ -371,11 +393,12 @@ class _Emitter:
         }
 
 
-def emit_files(program: Program) -> dict[str, str]:
-    """``{<name>.h: …, <name>.c: …}`` for ``program`` (pure, deterministic)."""
+def emit_files(program: Program, threads: int = 1) -> dict[str, str]:
+    """``{<name>.h: …, <name>.c: …}`` for ``program`` (pure, deterministic); ``threads`` ≠ 1
+    adds the pthreads driver (0: as many threads as online processors)."""
     check_vocabulary(program, backend="c")
     check_training(program, CBackend)
-    context = _Emitter(program).context()
+    context = _Emitter(program, threads).context()
     return {
         f"{program.name}.h": render("gradforge_c", "header.h.j2", **context),
         f"{program.name}.c": render("gradforge_c", "source.c.j2", **context),
@@ -416,8 +439,18 @@ class TrainingRun:
     seconds: float                # CPU time of <name>_train alone
 
 
-def compile_flags(precision: str) -> list[str]:
-    return [*STRICT_FLAGS, *(FLOAT32_FLAGS if precision == "float32" else ())]
+def compile_flags(precision: str, threads: int = 1) -> list[str]:
+    return [*STRICT_FLAGS, *(FLOAT32_FLAGS if precision == "float32" else ()),
+            *(("-pthread",) if threads != 1 else ())]
+
+
+def threads_option(options: Mapping[str, Any]) -> int:
+    """The ``threads`` option, checked (0 = one per online processor)."""
+    threads = int(options.get("threads", 1))
+    if not 0 <= threads <= MAX_THREADS:
+        raise BackendError(f"backends.c.threads must be between 0 and {MAX_THREADS} "
+                           f"(got {threads}); 0 means one thread per online processor")
+    return threads
 
 
 class CBackend(Backend):
@@ -425,26 +458,32 @@ class CBackend(Backend):
     description = "C99 header + source, libm only (objective, gradient, optimizer, training loop)"
     comment_prefix = "/*"
     shadowed_names = {name: f"the system header <{name}.h>" for name in sorted(SYSTEM_HEADERS)}
+    options = (
+        Option("threads", int, 1, "threads for the objective and gradient sums: 1 = plain C99 "
+               "(no pthreads), 0 = one per online processor, N = at most N; results are "
+               "bit-identical for every count (link with -pthread when not 1)"),
+    )
 
     def emit(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
-        return emit_files(program)
+        return emit_files(program, threads_option(options))
 
     def toolchains(self) -> list[Toolchain]:
         return [find_tool("gcc", hint="install gcc (e.g. apt-get install gcc)")]
 
     def build(self, program: Program, workdir: Path,
-              extra_sources: Mapping[str, str] | None = None, optimize: str = "-O2") -> Path:
+              extra_sources: Mapping[str, str] | None = None, optimize: str = "-O2",
+              threads: int = 1) -> Path:
         """Emit into ``workdir`` with a ``main`` (the protocol harness unless ``extra_sources``
         gives another), compile with the strict flags; returns the binary's path."""
         if not self.toolchains()[0].available:
             raise ToolchainError("gcc not found (install gcc to build the C backend's output)")
         workdir.mkdir(parents=True, exist_ok=True)
         mains = dict(extra_sources or {"harness.c": harness_text(program)})
-        files = {**emit_files(program), **mains}
+        files = {**emit_files(program, threads), **mains}
         write_files(workdir, files)
         sources = sorted(rel for rel in files if rel.endswith(".c"))
         binary = workdir / Path(sorted(mains)[0]).stem
-        run_tool(["gcc", optimize, *compile_flags(program.precision), "-o", str(binary),
+        run_tool(["gcc", optimize, *compile_flags(program.precision, threads), "-o", str(binary),
                   *sources, "-lm"], cwd=workdir)
         return binary
 
@@ -471,7 +510,7 @@ class CBackend(Backend):
 
     def run(self, program: Program, options: Mapping[str, Any], cases: Sequence[Case],
             workdir: Path) -> list[Result]:
-        binary = self.build(program, Path(workdir))
+        binary = self.build(program, Path(workdir), threads=threads_option(options))
         output = run_tool([str(binary)], cwd=workdir, stdin=encode_cases(program, cases))
         return decode_results(program, cases, output)
 
