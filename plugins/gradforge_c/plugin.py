@@ -87,6 +87,10 @@ INTERNAL_NAMES = frozenset("""
 #: Samples are summed in blocks of this many (by position in the batch); the block partials
 #: are added in block order, so threads never change a bit (docs/semantics.md, "Reduction").
 BLOCK_SIZE = 1024
+#: The ``omp simd`` reduction (GRADFORGE_OPENMP_SIMD) is written only for loops with at most
+#: this many gradient accumulators: forcing vector lanes onto hundreds of accumulators (a
+#: 577-parameter MLP) spills them all and ran 8x slower than gcc's own choice.
+SIMD_MAX_ACCUMULATORS = 64
 #: The most threads a threaded C build starts (the job table lives on the stack).
 MAX_THREADS = 64
 
@@ -242,6 +246,7 @@ class _Emitter:
             "body": self.assignments(inside),
             "accumulators": [],
             "store": [],
+            "simd": True,
         }
 
     def per_sample_functions(self) -> list[dict[str, Any]]:
@@ -261,7 +266,8 @@ class _Emitter:
                      accumulate=[f"total += {self.expr(loss)};"]
                      + [f"{self.accumulator(i)} += {self.expr(g)};" for i, g in kernel.gradient],
                      accumulators=[self.accumulator(i) for i, _ in kernel.gradient],
-                     store=[f"part[{i}] = {self.accumulator(i)};" for i, _ in kernel.gradient])
+                     store=[f"part[{i}] = {self.accumulator(i)};" for i, _ in kernel.gradient],
+                     simd=len(kernel.gradient) <= SIMD_MAX_ACCUMULATORS)
         functions.append(parts)
 
         prediction = prog.predict.output("prediction")
