@@ -37,6 +37,23 @@ def examples_for(backend: str) -> list[str]:
             if plugin.trains(gradforge.load_program(example_path(name)))]
 
 
+#: What an example folder holds in git; anything else there (a `build/` folder made by the
+#: README's first command, SwiftPM's `.build/`) belongs to the user and must not reach a test.
+PROJECT_FILES = ("project.toml", "*.csv")
+
+
+def copy_example(name: str, dest: Path, examples: Path | None = None) -> Path:
+    """Copy an example's project file and data (nothing generated) to ``dest/name``; returns
+    the copied project file. Tests never depend on what a user built in examples/."""
+    source = (examples or ROOT / "examples") / name
+    folder = dest / name
+    folder.mkdir(parents=True)
+    for pattern in PROJECT_FILES:
+        for path in sorted(source.glob(pattern)):
+            shutil.copy2(path, folder / path.name)
+    return folder / "project.toml"
+
+
 @pytest.fixture(scope="session")
 def registry():
     from gradforge.plugins import load_registry

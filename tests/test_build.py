@@ -12,13 +12,7 @@ import pytest
 from gradforge import cli
 from gradforge.writer import MARKER
 
-from conftest import ROOT, example_path
-
-
-def copy_example(name: str, tmp_path: Path) -> Path:
-    folder = tmp_path / name
-    shutil.copytree(ROOT / "examples" / name, folder)
-    return folder / "project.toml"
+from conftest import ROOT, copy_example, example_path
 
 
 def build(project: Path, *extra: str) -> int:
@@ -117,3 +111,40 @@ def test_verify_passes_for_numpy(capsys):
 def test_examples_build_with_all_their_backends(name, tmp_path):
     project = copy_example(name, tmp_path)
     assert cli.main(["build", str(project)]) == 0
+
+
+def _fresh_clone(tmp_path: Path) -> Path:
+    """What a fresh clone holds that the README's two commands read: tests and examples
+    (project files only) and pyproject.toml (pytest's settings)."""
+    from conftest import EXAMPLES
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT / "tests", clone / "tests",
+                    ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+    for name in EXAMPLES:
+        copy_example(name, clone / "examples")
+    shutil.copy2(ROOT / "pyproject.toml", clone / "pyproject.toml")
+    return clone
+
+
+@pytest.mark.parametrize("order", ["build, then test", "test, then build"])
+def test_readme_commands_work_in_either_order(tmp_path, order):
+    """README: `gradforge build examples/trend/project.toml`, then `python3 -m pytest -q`.
+    The build leaves examples/trend/build/ behind; the tests must not care, and must not
+    leave anything in examples/ that would trouble the build. (This file's tests stand for
+    the suite: they are the ones that copy examples.)"""
+    clone = _fresh_clone(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    first = [sys.executable, "-m", "gradforge.cli", "build", "examples/trend/project.toml"]
+    second = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+              "tests/test_build.py", "-k", "not readme_commands"]
+    steps = [first, second] if order.startswith("build") else [second, first]
+    before = tree(clone / "examples")
+    for step in steps:
+        done = subprocess.run(step, cwd=clone, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, (step, done.stdout[-3000:], done.stderr[-3000:])
+        if step is second:
+            after = {k: v for k, v in tree(clone / "examples").items()
+                     if not k.startswith("trend/build/")}
+            assert after == before, "the tests changed examples/"
+    assert (clone / "examples" / "trend" / "build" / "numpy" / "trend.py").exists()

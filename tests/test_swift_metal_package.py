@@ -3,19 +3,17 @@
 libraries; on Linux the Metal target compiles to nothing (`#if canImport(Metal)`)."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 from gradforge import cli
 
-from conftest import ROOT, require_tool
+from conftest import copy_example, require_tool
 
 
 def test_swift_package_with_the_metal_target_builds(tmp_path):
     swift = require_tool("swift")
-    folder = tmp_path / "trend"
-    shutil.copytree(ROOT / "examples" / "trend", folder)
-    project = folder / "project.toml"
+    project = copy_example("trend", tmp_path)
+    folder = project.parent
     text = project.read_text().replace('precision = "float64"', 'precision = "float32"')
     text = text.replace("[backends.swift]", '[backends.swift]\nmetal = true\n\n'
                         '[backends.metal]\nout = "build/swift/Trend"')
