@@ -77,7 +77,77 @@ def test_out_on_the_command_line_may_point_anywhere(tmp_path):
     project = copy_example("trend", tmp_path)
     out = tmp_path / "elsewhere" / "gen"
     assert build(project, "--out", str(out)) == 0
+    assert (out / "numpy" / "trend.py").exists()
+
+
+def test_out_layout_is_the_same_for_one_backend_and_for_several(tmp_path):
+    """--out DIR always means DIR/<backend>; the number of backends changes nothing."""
+    project = copy_example("trend", tmp_path)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert build(project, "--out", str(one)) == 0
+    assert cli.main(["build", str(project), "--backend", "numpy", "--backend", "c",
+                     "--out", str(two)]) == 0
+    assert tree(one / "numpy") == tree(two / "numpy")
+    assert sorted(p.name for p in one.iterdir()) == ["numpy"]
+    assert sorted(p.name for p in two.iterdir()) == ["c", "numpy"]
+
+
+def test_out_removes_what_the_old_single_backend_layout_left(tmp_path):
+    """Files an earlier build put straight into DIR (the old one-backend layout) go, via the
+    manifest, when DIR/<backend> takes over; a user's own file there stays."""
+    from gradforge import writer
+    project = copy_example("trend", tmp_path)
+    out = tmp_path / "gen"
+    files = gradforge_emit(project, "numpy")
+    writer.write([writer.Output("numpy", out, files)])       # the old layout: DIR/trend.py
+    (out / "notes.txt").write_text("mine\n")
     assert (out / "trend.py").exists()
+    assert build(project, "--out", str(out), "--check") == 1
+    assert build(project, "--out", str(out)) == 0
+    assert (out / "numpy" / "trend.py").exists()
+    assert not (out / "trend.py").exists()
+    assert not (out / ".gradforge-numpy.manifest").exists()
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert build(project, "--out", str(out), "--check") == 0
+
+
+def gradforge_emit(project: Path, backend: str) -> dict[str, str]:
+    import gradforge
+    return gradforge.emit(gradforge.load_program(project), backend)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_generated_files_honour_the_umask(tmp_path, umask):
+    project = copy_example("trend", tmp_path)
+    previous = os.umask(umask)
+    try:
+        assert build(project) == 0
+    finally:
+        os.umask(previous)
+    folder = project.parent / "build" / "numpy"
+    for path in (folder / "trend.py", folder / ".gradforge-numpy.manifest"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, oct(path.stat().st_mode)
+
+
+def test_numpy_output_imports_with_the_base_dependencies(tmp_path):
+    """What the NumPy backend's module imports must come with `pip install gradforge`
+    (the README's first command), not only with the [test] extra."""
+    import ast
+    import tomllib
+    project = copy_example("trend", tmp_path)
+    base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    base_names = {dep.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+                  for dep in base}
+    source = gradforge_emit(project, "numpy")["trend.py"]
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    third_party = {name for name in imported if name not in sys.stdlib_module_names}
+    assert "numpy" in third_party
+    assert third_party <= base_names, f"not in [project] dependencies: {third_party - base_names}"
 
 
 def test_init_writes_a_project_that_builds(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
     spec = gradforge.ProjectSpec.create(name="trend", parameters={"a": 0.5}, ...)
     program = gradforge.compile_project(spec)
     files = gradforge.emit(program, "c")            # {relative path: text}, nothing written
-    report = gradforge.build(spec, backends=["numpy"], out="gen")
+    report = gradforge.build(spec, backends=["numpy"], out="gen")   # gen/numpy/<name>.py
 """
 from __future__ import annotations
 
@@ -61,11 +61,14 @@ def selected_backends(spec: ProjectSpec, names: Iterable[str] | None) -> list[tu
 
 
 def output_folder(spec: ProjectSpec, backend: str, out: str | None, cli_out: Path | None,
-                  several: bool, default: str | None = None) -> Path:
-    """Where a backend's files go; a project file may not point outside its own folder.
-    ``default`` is the backend's :meth:`~gradforge.backend.Backend.default_out`."""
+                  several: bool | None = None, default: str | None = None) -> Path:
+    """Where a backend's files go: ``cli_out/<backend>`` whenever an output folder is given
+    (however many backends are built: one layout), else the table's ``out``, else
+    ``default`` (the backend's :meth:`~gradforge.backend.Backend.default_out`) or
+    ``build/<backend>`` next to the project file; a project file may not point outside its
+    own folder. (``several`` is ignored; it selected the old layout.)"""
     if cli_out is not None:
-        return cli_out / backend if several else cli_out
+        return cli_out / backend
     root = spec.root.resolve()
     folder = (root / (out or default or f"build/{backend}")).resolve()
     if not folder.is_relative_to(root):
@@ -78,7 +81,10 @@ def output_folder(spec: ProjectSpec, backend: str, out: str | None, cli_out: Pat
 def build(spec: ProjectSpec | str | Path, backends: Iterable[str] | None = None,
           out: str | Path | None = None, check: bool = False,
           registry: Registry | None = None, program: Program | None = None) -> BuildReport:
-    """Generate every requested backend; all files are rendered before any is written."""
+    """Generate every requested backend; all files are rendered before any is written.
+
+    With ``out``, each backend goes to ``out/<backend>`` (one layout for any number of
+    backends); without, to its table's ``out`` or ``build/<backend>`` beside the project."""
     if not isinstance(spec, ProjectSpec):
         spec = load_project(spec)
     registry = registry or load_registry()
@@ -90,9 +96,10 @@ def build(spec: ProjectSpec | str | Path, backends: Iterable[str] | None = None,
         resolved = plugin.resolve_options(options)
         files = emit(program, name, resolved, registry)
         folder = output_folder(spec, name, table_out, Path(out) if out else None,
-                               several=len(chosen) > 1,
                                default=plugin.default_out(program, resolved))
-        outputs.append(writer.Output(name, folder, files))
+        # Before the one-layout rule a single backend went straight into `out`: clean it up.
+        previous = (Path(out),) if out else ()
+        outputs.append(writer.Output(name, folder, files, previous))
     report = BuildReport(outputs)
     if check:
         report.changed = writer.changes(outputs)

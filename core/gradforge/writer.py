@@ -5,7 +5,9 @@
 * All files of a build are rendered in memory first; nothing is written if any check fails.
 * Each write goes to a temporary file in the same folder, then ``os.replace`` (atomic).
 * A manifest per backend (``.gradforge-<backend>.manifest``) lists what it generated, so files that a later build no
-  longer produces are removed instead of lingering.
+  longer produces are removed instead of lingering — also from a folder an earlier build used
+  (``Output.previous_folders``: the old ``--out`` layout that put a single backend directly
+  in DIR).
 """
 from __future__ import annotations
 
@@ -46,6 +48,15 @@ class Output:
     backend: str
     folder: Path
     files: Mapping[str, str]
+    #: Folders where an earlier build may have put this backend's files (an old ``--out``
+    #: layout); what their manifest lists is removed once this build is written.
+    previous_folders: tuple[Path, ...] = ()
+
+    def moved_away(self) -> list[tuple[Path, list[str]]]:
+        """(folder, files) an earlier build of this backend left in a previous folder."""
+        here = self.folder.resolve()
+        return [(folder, _previous(folder, self.backend)) for folder in self.previous_folders
+                if folder.resolve() != here and _previous(folder, self.backend)]
 
 
 def _manifest_text(files: Mapping[str, str]) -> str:
@@ -105,6 +116,14 @@ def write(outputs: list[Output]) -> list[Path]:
             written.append(target)
         _atomic_write(output.folder / MANIFEST.format(backend=output.backend),
                       _manifest_text(output.files))
+    kept = {path.resolve() for path in written}
+    for output in outputs:
+        for folder, previous in output.moved_away():
+            for rel in previous:
+                stale = folder / rel
+                if stale.resolve() not in kept and stale.is_file() and is_generated(stale):
+                    stale.unlink()
+            (folder / MANIFEST.format(backend=output.backend)).unlink()
     return written
 
 
@@ -123,13 +142,23 @@ def changes(outputs: list[Output]) -> list[Path]:
         for rel in _previous(output.folder, output.backend):
             if rel not in output.files and (output.folder / rel).exists():
                 changed.append(output.folder / rel)
+        for folder, previous in output.moved_away():
+            changed += [folder / rel for rel in previous if (folder / rel).exists()]
     return changed
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the umask (mkstemp uses 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _atomic_write(target: Path, text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
         os.replace(tmp, target)
