@@ -124,6 +124,30 @@ CASES = {
                                ["backends.numpy.fast", "unknown option"]),
     "out escapes project": (("[backends.numpy]", '[backends.numpy]\nout = "../elsewhere"'),
                             ["backends.numpy.out", "outside the project folder"]),
+    # singularities found at build time: file, line, column of the key, the key, the column
+    # in the expression, and the offending text
+    "division by x - x": (('"a + dot(w, x)"', '"a + delta/(x[0] - x[0])"'),
+                          ["project.toml:19:1: model.prediction", "division by zero",
+                           "`delta/(x[0] - x[0])` at column 5"]),
+    "log of zero": (('"abs(prediction - y)"', '"abs(prediction - y) + log(0)"'),
+                    ["project.toml:20:1: model.loss", "log(0) = zoo", "`log(0)` at column 23"]),
+    "zero over zero": (('"abs(prediction - y)"', '"(y - y)/(y - y)*a"'),
+                       ["model.loss", "undefined (0/0)", "at column 1"]),
+    "sqrt of a negative constant": (('"a + dot(w, x)"', '"a + sqrt(-2)*x[0]"'),
+                                    ["model.prediction", "not a real number", "`sqrt(-2)`"]),
+    "singular definition": (('[training]', '[model.definitions]\nu = "[w[k]/0 for k in range(3)]"'
+                             '\n\n[training]'),
+                            ["project.toml:24:1: model.definitions.u", "division by zero",
+                             "`w[k]/0`"]),
+    # field ranges (for verify's random data)
+    "range not a pair": (("x = { shape = [3] }", "x = { shape = [3], range = [1] }"),
+                         ["project.toml:10:20: inputs.x.range", "two numbers"]),
+    "range empty": (("y = {}", "y = { range = [2, 1] }"),
+                    ["project.toml:13:7: targets.y.range", "empty"]),
+    "range not numbers": (("y = {}", 'y = { range = [0, "10"] }'),
+                          ["targets.y.range", "expected a number"]),
+    "range misspelt": (("y = {}", "y = { rang = [0, 1] }"),
+                       ["targets.y.rang", "did you mean 'range'"]),
 }
 
 

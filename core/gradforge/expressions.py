@@ -231,7 +231,15 @@ class ExpressionParser:
             raise self.fail(node, f"{_describe(node)} is not allowed in gradforge expressions",
                             "use numbers, names, arithmetic, indexing, sum/dot/where and the "
                             "listed functions")
-        return method(node, loops)
+        value = method(node, loops)
+        if isinstance(node, (ast.BinOp, ast.Call, ast.UnaryOp)):
+            problem = _singular(value)
+            if problem:
+                raise self.fail(node, f"singular expression, {problem}",
+                                "rewrite it so that it is defined for every sample: no "
+                                "division by zero, no log or sqrt of a constant outside "
+                                "its domain")
+        return value
 
     def visit_Constant(self, node: ast.Constant, loops) -> Value:
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
@@ -500,6 +508,34 @@ class ExpressionParser:
                             f"({' vs '.join(str(list(a.shape)) for a in arrays)})")
         columns = [a.items if isinstance(a, Array) else (a,) * len(arrays[0].items) for a in args]
         return Array(shape, tuple(op(*column) for column in zip(*columns)))
+
+
+#: What SymPy evaluates a singular constant to: c/0 → zoo, 0/0 → nan.
+_SINGULAR = frozenset({sp.zoo, sp.oo, -sp.oo, sp.nan})
+
+
+def _singular(value) -> str | None:
+    """Why a freshly built value is undefined (None when it is fine): a division by zero or
+    a function of a constant outside its domain (``log(0)``, ``sqrt(-1)``). Only the node and
+    its direct arguments are inspected, so checking every node stays linear."""
+    for item in value.items if isinstance(value, Array) else (value,):
+        if not isinstance(item, sp.Basic) or is_condition(item):
+            continue
+        for part in (item, *item.args):     # identity tests: these are singletons
+            if part is sp.zoo or part is sp.oo or part is sp.S.NegativeInfinity:
+                return "division by zero"
+            if part is sp.nan:
+                return "undefined (0/0)"
+            if part is sp.I:
+                return "not a real number"
+        if isinstance(item, (sp.Function, sp.Pow)) and item.args \
+                and all(arg.is_number for arg in item.args):
+            evaluated = item.func(*item.args)
+            if evaluated.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+                return f"undefined ({item} = {evaluated})"
+            if evaluated.is_extended_real is False:
+                return f"not a real number ({item} = {evaluated})"
+    return None
 
 
 def is_condition(value) -> bool:

@@ -70,10 +70,13 @@ class ParameterSpec:
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """A per-sample field (input or target): scalar or fixed-shape array."""
+    """A per-sample field (input or target): scalar or fixed-shape array. ``range`` is the
+    interval its values live in (e.g. positive for a model taking ``log(x)``); ``verify``
+    draws its random samples there, otherwise from N(0, 1)."""
 
     name: str
     shape: tuple[int, ...] = ()
+    range: tuple[float, float] | None = None
 
     @property
     def size(self) -> int:
@@ -474,8 +477,22 @@ def _field(name: str, value: Any, section: str) -> FieldSpec:
     if not isinstance(value, Mapping):
         raise ProjectError(f"expected a table such as {{}} or {{ shape = [3] }}, "
                            f"got {_kind(value)}", key=key)
-    _check_keys(value, ("shape",), key)
-    return FieldSpec(name, _shape(value["shape"], f"{key}.shape") if "shape" in value else ())
+    _check_keys(value, ("shape", "range"), key)
+    shape = _shape(value["shape"], f"{key}.shape") if "shape" in value else ()
+    return FieldSpec(name, shape, _range(value["range"], f"{key}.range")
+                     if "range" in value else None)
+
+
+def _range(value: Any, key: str) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ProjectError(f"range must be an array of two numbers [low, high], got "
+                           f"{_kind(value)}" + (f" of {len(value)}" if isinstance(value, (list, tuple))
+                                                 else ""), key=key, hint="e.g. range = [0.1, 10]")
+    low, high = (_number(v, key) for v in value)
+    if not low < high:
+        raise ProjectError(f"range [{low:g}, {high:g}] is empty: low must be below high",
+                           key=key, hint="e.g. range = [0.1, 10]")
+    return low, high
 
 
 def _training(table: Mapping[str, Any]) -> TrainingSpec:
