@@ -159,6 +159,94 @@ def test_init_writes_a_project_that_builds(tmp_path, monkeypatch):
     assert cli.main(["init", "starter"]) == 2        # never overwrites
 
 
+@pytest.mark.parametrize("folder, name", [("my model", "my_model"), ("3d", "model_3d"),
+                                          ("curve-fit", "curve_fit"), ("été", "t"),
+                                          ("__", "model")])
+def test_init_names_a_project_after_its_folder_as_documented(tmp_path, folder, name, capsys):
+    assert cli.main(["init", str(tmp_path / folder)]) == 0
+    text = (tmp_path / folder / "project.toml").read_text()
+    assert f'name = "{name}"' in text
+    assert f"project '{name}'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["my model", "3d", "a-b", ""])
+def test_init_refuses_an_invalid_name_instead_of_renaming_it(tmp_path, name, capsys):
+    assert cli.main(["init", str(tmp_path / "p"), "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--name" in err and "not a valid project name" in err
+    assert not (tmp_path / "p" / "project.toml").exists()
+    assert cli.main(["init", str(tmp_path / "q"), "--name", "my_model"]) == 0
+    assert 'name = "my_model"' in (tmp_path / "q" / "project.toml").read_text()
+
+
+@pytest.mark.parametrize("command", ["build", "verify", "explain"])
+def test_every_command_accepts_a_folder_holding_project_toml(tmp_path, monkeypatch, command,
+                                                             capsys):
+    project = copy_example("trend", tmp_path)
+    monkeypatch.chdir(project.parent)
+    extra = ["--backend", "numpy"] if command != "explain" else []
+    assert cli.main([command, ".", *extra]) == 0, capsys.readouterr().err
+    assert cli.main([command, str(project.parent), *extra]) == 0
+    if command == "build":
+        assert (project.parent / "build" / "numpy" / "trend.py").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert cli.main([command, str(empty), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "has no project.toml" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_python_dash_m_gradforge_runs_the_cli(tmp_path):
+    project = copy_example("trend", tmp_path)
+    done = subprocess.run([sys.executable, "-m", "gradforge", "build", str(project),
+                           "--backend", "numpy"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (project.parent / "build" / "numpy" / "trend.py").exists()
+    version = subprocess.run([sys.executable, "-m", "gradforge", "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("gradforge ")
+
+
+def _arguments(parser, path=()):
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _arguments(sub, path + (name,))
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def test_every_cli_argument_has_help_text():
+    missing = [f"{' '.join(path) or 'gradforge'} {action.dest}"
+               for path, action in _arguments(cli._parser()) if not (action.help or "").strip()]
+    assert not missing, f"arguments without help: {missing}"
+
+
+def test_plugins_table_aligns_long_names(monkeypatch, capsys):
+    from gradforge import plugins
+    from gradforge.plugins import PluginInfo
+    real = plugins.load_registry
+
+    def fake_registry(*args, **kwargs):
+        registry = real(*args, **kwargs)
+        registry.plugins.append(PluginInfo("gradforge_a_very_long_plugin_entry_point", "m",
+                                           "gradforge-javascript-backend", "10.20.300"))
+        return registry
+
+    monkeypatch.setattr(plugins, "load_registry", fake_registry)
+    assert cli.main(["plugins"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if not line.startswith("  ")]
+    header, rows = lines[0], lines[1:]
+    assert len(rows) >= 5
+    for column in ("distribution", "version", "backends", "status"):
+        start = header.index(column)
+        for row in rows:
+            assert row[start - 2:start] == "  " and row[start] != " ", (column, row)
+
+
 def test_explain_prints_short_formulas_and_op_counts(capsys):
     assert cli.main(["explain", str(example_path("trend"))]) == 0
     out = capsys.readouterr().out

@@ -8,8 +8,10 @@ the independent reference. Register one through the ``gradforge_backends`` hook 
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -156,6 +158,15 @@ def check_output_names(backend: Backend, program: Program, options: Mapping[str,
 
 # ----------------------------------------------------------------------- helpers for runners
 
+def _run(args: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with TMPDIR pointing at a private folder, removed afterwards:
+    SwiftPM and Foundation leave ``TemporaryDirectory.*`` folders and lock files in the
+    system temporary folder on every call (even ``swift --version``)."""
+    with tempfile.TemporaryDirectory(prefix="gradforge-tool-") as scratch:
+        env = dict(kwargs.pop("env", None) or os.environ, TMPDIR=scratch)
+        return subprocess.run(list(args), env=env, **kwargs)
+
+
 def find_tool(command: str, version_args: Sequence[str] = ("--version",),
               hint: str = "") -> Toolchain:
     """Whether ``command`` is on PATH, with its first version line."""
@@ -163,7 +174,7 @@ def find_tool(command: str, version_args: Sequence[str] = ("--version",),
     if path is None:
         return Toolchain(command, False, hint or f"install {command}")
     try:
-        out = subprocess.run([path, *version_args], capture_output=True, text=True, timeout=60)
+        out = _run([path, *version_args], capture_output=True, text=True, timeout=60)
         first = (out.stdout or out.stderr).strip().splitlines()
         return Toolchain(command, True, first[0] if first else path)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -172,10 +183,11 @@ def find_tool(command: str, version_args: Sequence[str] = ("--version",),
 
 def run_tool(args: Sequence[str], cwd: Path | None = None, timeout: int = 600,
              stdin: str | None = None) -> str:
-    """Run a build/run command; its output becomes a ToolchainError on failure."""
+    """Run a build/run command (private TMPDIR, see :func:`_run`); its output becomes a
+    ToolchainError on failure."""
     try:
-        proc = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout, input=stdin)
+        proc = _run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                    input=stdin)
     except FileNotFoundError:
         raise ToolchainError(f"{args[0]} not found")
     except subprocess.TimeoutExpired:

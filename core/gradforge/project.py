@@ -252,9 +252,26 @@ class KeyLocator:
 
 # --------------------------------------------------------------------------- loading
 
-def load_project(path: str | Path) -> ProjectSpec:
-    """Read and validate a project file; every problem is a :class:`ProjectError`."""
+PROJECT_FILE = "project.toml"
+
+
+def project_file(path: str | Path) -> Path:
+    """The project file ``path`` names: the file itself, or ``project.toml`` in a folder."""
     path = Path(path)
+    if path.is_dir():
+        found = path / PROJECT_FILE
+        if not found.is_file():
+            raise ProjectError(f"folder has no {PROJECT_FILE}", file=str(path),
+                               hint="pass the path of a project .toml, or run "
+                                    f"`gradforge init {path}`")
+        return found
+    return path
+
+
+def load_project(path: str | Path) -> ProjectSpec:
+    """Read and validate a project file (or a folder's ``project.toml``); every problem is a
+    :class:`ProjectError`."""
+    path = project_file(path)
     shown = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -282,6 +299,9 @@ def load_project(path: str | Path) -> ProjectSpec:
 def locate(err: ProjectError, path: Path) -> ProjectError:
     """Fill in the file and, from its text, the line/column of an error's key."""
     line = column = None
+    path = Path(path)
+    if path.is_dir():
+        path = path / PROJECT_FILE
     if err.location.key:
         try:
             line, column = KeyLocator(Path(path).read_text(encoding="utf-8")).find(

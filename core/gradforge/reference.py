@@ -16,10 +16,22 @@ import sympy as sp
 from sympy.printing.pycode import MpmathPrinter
 
 from .backend import Case
+from .errors import GradforgeError
 from .model import Model, build_model
 from .project import ProjectSpec
 
 DIGITS = 50
+
+
+class OutsideDomain(GradforgeError):
+    """A case leaves the model's domain: log or sqrt of a negative, a division by zero, an
+    infinite value. Not a backend mismatch; the case has no finite real answer."""
+
+
+def _finite_real(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float, mpmath.mpf)):
+        return False          # None (a division by zero) or mpc (log/sqrt of a negative)
+    return bool(mpmath.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -166,12 +178,40 @@ class Reference:
     def _scale(self, n: int):
         return mpmath.mpf(1) / n if self.spec.model.reduction == "mean" and n else mpmath.mpf(1)
 
+    def _checked(self, chain: "_Chain", args, gradient: bool, what: str, case: Case,
+                 sample: int | None):
+        """``chain`` evaluated, or :class:`OutsideDomain` naming the value and the sample."""
+        try:
+            value, g = chain.evaluate(args, gradient)
+        except (ZeroDivisionError, ValueError, OverflowError):
+            value, g = None, None
+        bad = None
+        if not _finite_real(value):
+            bad = what
+        elif gradient and not all(_finite_real(v) for v in g):
+            bad = f"the gradient of the {what}"
+        if bad is not None:
+            raise OutsideDomain(f"{bad} is not a finite real number "
+                                f"{self._where(case, sample)}")
+        return value, g
+
+    def _where(self, case: Case, sample: int | None) -> str:
+        if sample is None:
+            return "at these parameters"
+        shown = []
+        for f in self.spec.fields:
+            values = case.data[f.name][sample]
+            shown.append(f"{f.name}={values[0]:.4g}" if not f.shape else
+                         f"{f.name}=[{', '.join(f'{v:.4g}' for v in values[:4])}"
+                         f"{', …' if len(values) > 4 else ''}]")
+        return f"at sample {sample} ({', '.join(shown)})"
+
     def _objective(self, case: Case, gradient: bool):
         with mpmath.workdps(DIGITS):
             total = mpmath.mpf(0)
             grad = [mpmath.mpf(0)] * len(self.theta)
-            for args in self._rows(case):
-                value, g = self._loss.evaluate(args, gradient)
+            for i, args in enumerate(self._rows(case)):
+                value, g = self._checked(self._loss, args, gradient, "loss", case, i)
                 total += value
                 if gradient:
                     grad = [a + b for a, b in zip(grad, g)]
@@ -179,7 +219,8 @@ class Reference:
             total *= scale
             grad = [g * scale for g in grad]
             if self._reg is not None:
-                value, g = self._reg.evaluate(self._params_only(case), gradient)
+                value, g = self._checked(self._reg, self._params_only(case), gradient,
+                                         "regularization", case, None)
                 total += value
                 if gradient:
                     grad = [a + b for a, b in zip(grad, g)]
@@ -211,7 +252,8 @@ class Reference:
 
     def predictions_mp(self, case: Case):
         with mpmath.workdps(DIGITS):
-            return [self._prediction.evaluate(args, False)[0] for args in self._rows(case)]
+            return [self._checked(self._prediction, args, False, "prediction", case, i)[0]
+                    for i, args in enumerate(self._rows(case))]
 
     def step_mp(self, params, grad):
         """θ after one step of the project's optimizer from a fresh state (formulas by hand)."""
@@ -245,6 +287,15 @@ class Reference:
     def _stepped(self, params, grad):
         step = self.step_mp(params, grad)
         return None if step is None else tuple(map(float, step))
+
+    def domain_problem(self, case: Case) -> str | None:
+        """Why ``case`` has no finite real objective and prediction (None when it has one)."""
+        try:
+            self.objective_mp(case)
+            self.predictions_mp(case)
+        except OutsideDomain as exc:
+            return str(exc)
+        return None
 
     def derivative_error(self, case: Case) -> float:
         """Largest |sympy.diff gradient − finite differences|, relative to the gradient's norm."""

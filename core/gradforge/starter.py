@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from .errors import ProjectError
+from .project import IDENTIFIER
 
 TEMPLATE = '''\
 # A gradforge project: a model whose loss is summed or averaged over samples, and the
@@ -53,16 +54,30 @@ seed = 0
 '''
 
 
-def write_starter(folder: Path, name: str | None = None) -> Path:
-    """Write ``folder/project.toml``; never overwrites an existing file."""
+def sanitized_name(text: str) -> str:
+    """A project name made from free text (a folder name): runs of characters other than
+    letters, digits and '_' become one '_'; a name that would start with a digit or be
+    empty gets the prefix ``model_`` (``"3d"`` → ``model_3d``, ``"my model"`` → ``my_model``)."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
+    if not name or not name[0].isalpha():
+        name = f"model_{name}".rstrip("_")
+    return name
+
+
+def write_starter(folder: Path, name: str | None = None) -> tuple[Path, str]:
+    """Write ``folder/project.toml``; never overwrites an existing file. Returns the path and
+    the project name (``name``, which must be a valid name, or one derived from the folder)."""
     folder = Path(folder)
-    name = name or re.sub(r"[^A-Za-z0-9_]", "_", folder.resolve().name) or "model"
-    if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", name):
-        name = "model"
+    if name is None:
+        name = sanitized_name(folder.resolve().name)
+    elif not IDENTIFIER.match(name):
+        raise ProjectError(f"{name!r} is not a valid project name", key="--name",
+                           hint="use letters, digits and '_', starting with a letter, "
+                                f"e.g. --name {sanitized_name(name)}")
     path = folder / "project.toml"
     if path.exists():
         raise ProjectError("already exists", file=str(path),
                            hint="choose another folder or remove the file")
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(TEMPLATE.format(name=name), encoding="utf-8")
-    return path
+    return path, name

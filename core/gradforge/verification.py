@@ -10,34 +10,69 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from .backend import Backend, Case, Result, check_output_names
 from .errors import GradforgeError
 from .ir import Program
 from .printing import float32_round
-from .project import ProjectSpec
-from .reference import Expected, Reference
+from .project import FieldSpec, ProjectSpec
+from .reference import Expected, OutsideDomain, Reference
 
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
 
 
+#: Parameter perturbations tried, largest first, until a case is inside the model's domain.
+SHRINK = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)
+
+
 def make_cases(spec: ProjectSpec, count: int = 3, samples: Sequence[int] = (13, 50),
-               seed: int = 0) -> list[Case]:
-    """Seeded random cases: θ near its initial value, fields ~ N(0, 1), constants perturbed."""
+               seed: int = 0, data: Mapping[str, Sequence[tuple[float, ...]]] | None = None,
+               in_domain: Callable[[Case], bool] | None = None) -> list[Case]:
+    """Seeded cases: θ near its initial value (±0.5), constants perturbed by up to 10%, and
+    per-sample fields uniform in their declared ``range``, else ~ N(0, 1) — or, with
+    ``data``, consecutive real rows. With ``in_domain``, a case outside the model's domain
+    draws again with θ closer to its initial value (down to the initial value itself)."""
     rng = random.Random(seed)
     cases = []
     rnd = float32_round if spec.precision == "float32" else float
+    total = len(next(iter(data.values()))) if data else 0
+    start = 0
     for k in range(count):
         n = samples[k % len(samples)]
-        params = tuple(rnd(v + rng.uniform(-0.5, 0.5))
-                       for p in spec.parameters for v in p.init)
-        data = {f.name: tuple(tuple(rnd(rng.gauss(0.0, 1.0)) for _ in range(f.size))
-                              for _ in range(n)) for f in spec.fields}
+        offsets = [rng.uniform(-0.5, 0.5) for p in spec.parameters for _ in p.init]
+        if data:
+            n = min(n, total)
+            rows = [(start + i) % total for i in range(n)]
+            start = (start + n) % total
+            fields = {f.name: tuple(tuple(rnd(v) for v in data[f.name][i]) for i in rows)
+                      for f in spec.fields}
+        else:
+            fields = {f.name: tuple(tuple(rnd(_draw(rng, f)) for _ in range(f.size))
+                                    for _ in range(n)) for f in spec.fields}
         constants = {c.name: rnd(c.default * (1 + 0.1 * rng.uniform(-1, 1)))
                      for c in spec.constants}
-        cases.append(Case(params, data, constants))
+        init = [v for p in spec.parameters for v in p.init]
+        for scale in SHRINK if in_domain else SHRINK[:1]:
+            case = Case(tuple(rnd(v + scale * u) for v, u in zip(init, offsets)),
+                        fields, constants)
+            if in_domain is None or in_domain(case):
+                break
+        cases.append(case)
     return cases
+
+
+def rows(dataset) -> dict[str, list[tuple[float, ...]]]:
+    """A :class:`gradforge.data.Dataset` as ``{field: [row values …]}`` for :func:`make_cases`."""
+    return {name: [tuple(map(float, row)) for row in column]
+            for name, column in dataset.columns.items()}
+
+
+def _draw(rng: random.Random, field: FieldSpec) -> float:
+    if field.range is None:
+        return rng.gauss(0.0, 1.0)
+    low, high = field.range
+    return rng.uniform(low, high)
 
 
 def _close(got: Sequence[float], want: Sequence[float], tol: float, label: str) -> list[str]:
@@ -78,16 +113,34 @@ def relative_error(got: Sequence[float], want: Sequence[float]) -> float:
     return max((abs(g - w) / max(abs(w), scale) for g, w in zip(got, want)), default=0.0)
 
 
+DOMAIN_HINT = ("declare where the fields live, e.g. `x = { range = [0.1, 10] }` under "
+               "[inputs]/[targets], or pass --data FILE with real rows")
+
+
 def verify(spec: ProjectSpec, program: Program, backends: Sequence[Backend],
            cases: Sequence[Case] | None = None, options: dict | None = None,
-           reference: Reference | None = None) -> tuple[float, list[BackendReport]]:
-    """Run each backend on seeded cases; returns (derivative check error, reports)."""
-    cases = list(cases or make_cases(spec))
+           reference: Reference | None = None,
+           progress: Callable[[str], None] | None = None,
+           domain_hint: str | None = None) -> tuple[float, list[BackendReport]]:
+    """Run each backend on seeded cases; returns (derivative check error, reports).
+
+    A case outside the model's domain (no finite real reference value) is an
+    :class:`OutsideDomain` error naming the case and sample, never a backend failure.
+    ``domain_hint`` replaces the advice given then (where the cases came from real data).
+    ``progress`` receives a short line per stage (for a terminal's status line)."""
+    say = progress or (lambda message: None)
     reference = reference or Reference(spec)
-    derivative_error = reference.derivative_error(cases[0])   # FD check: slow, one case
-    expected = [reference.expected(c) for c in cases]
+    cases = list(cases or make_cases(spec, in_domain=lambda c: not reference.domain_problem(c)))
+    say("reference: derivative check (sympy.diff vs finite differences)")
+    derivative_error = _in_domain(lambda: reference.derivative_error(cases[0]), spec, 0,
+                                  len(cases), domain_hint)
+    expected = []
+    for k, case in enumerate(cases):
+        say(f"reference: case {k + 1}/{len(cases)} ({case.n} samples, 50 digits)")
+        expected.append(_in_domain(lambda: reference.expected(case), spec, k, len(cases),
+                                   domain_hint))
     reports = []
-    for backend in backends:
+    for number, backend in enumerate(backends, start=1):
         missing = [t for t in backend.toolchains() if not t.available]
         if not backend.can_run:
             reports.append(BackendReport(backend.name, "skipped", "backend cannot run its output"))
@@ -96,6 +149,8 @@ def verify(spec: ProjectSpec, program: Program, backends: Sequence[Backend],
             reports.append(BackendReport(backend.name, "skipped",
                                          "; ".join(f"{t.name}: {t.detail}" for t in missing)))
             continue
+        say(f"{backend.name} ({number}/{len(backends)}): building and running "
+            f"{len(cases)} cases")
         with tempfile.TemporaryDirectory(prefix=f"gradforge-{backend.name}-") as tmp:
             try:
                 resolved = backend.resolve_options((options or {}).get(backend.name, {}))
@@ -113,3 +168,16 @@ def verify(spec: ProjectSpec, program: Program, backends: Sequence[Backend],
         status = "FAIL" if problems else "pass"
         reports.append(BackendReport(backend.name, status, f"{len(cases)} cases", worst, problems))
     return derivative_error, reports
+
+
+def _in_domain(compute, spec: ProjectSpec, k: int, count: int, hint: str | None):
+    """``compute()``, with an :class:`OutsideDomain` error told as one line with the fix."""
+    try:
+        return compute()
+    except OutsideDomain as exc:
+        unranged = [f.name for f in spec.fields if f.range is None]
+        if hint is None:
+            hint = DOMAIN_HINT + (f" (fields without a range: {', '.join(unranged)})"
+                                  if unranged else "")
+        raise OutsideDomain(f"case {k + 1} of {count} is outside the model's domain: {exc}; "
+                            f"{hint}") from None
