@@ -132,10 +132,10 @@ def test_verify_data_with_vector_columns(tmp_path, capsys):
 @pytest.mark.parametrize("content, fragments", [
     ("x,y\n1,2\n-1,3\n", ["case 1 of 3 is outside the model's domain", "sample 1",
                           "x=-1", "every row of", "data.csv"]),
-    ("x,z\n1,2\n", ["data.csv:1", "no column y for field 'y'"]),
-    ("x,y\n1,2\n1,abc\n", ["data.csv:3", "'abc' is not a finite number"]),
-    ("x,y\n", ["data.csv:1", "no rows"]),
-    ("", ["data.csv:1", "empty"]),
+    ("x,z\n1,2\n", ["data.csv", "missing column 'y'"]),
+    ("x,y\n1,2\n1,abc\n", ["data.csv", "row 2, column 'y'", "'abc' is not a number"]),
+    ("x,y\n", ["data.csv", "no rows"]),
+    ("", ["data.csv", "empty"]),
 ])
 def test_bad_data_file_is_one_line(tmp_path, content, fragments):
     project = write(tmp_path, LOG_MODEL)
@@ -144,10 +144,17 @@ def test_bad_data_file_is_one_line(tmp_path, content, fragments):
     assert_one_line_error(done, *fragments)
 
 
+def test_drop_invalid_skips_bad_rows(tmp_path, capsys):
+    project = write(tmp_path, LOG_MODEL)
+    data = write(tmp_path, "x,y\n1,2\n2,oops\n3,4.5\n0.5,1\n", "data.csv")
+    assert cli.main(["verify", str(project), "--data", str(data), "--drop-invalid"]) == 0
+    assert "pass" in capsys.readouterr().out
+
+
 def test_missing_data_file(tmp_path):
     project = write(tmp_path, LOG_MODEL)
     assert_one_line_error(gradforge("verify", project, "--data", "nope.csv", cwd=tmp_path),
-                          "nope.csv", "data file not found")
+                          "nope.csv", "no such file")
 
 
 # ------------------------------------------------------------------ --strict, as CI runs it
@@ -191,11 +198,11 @@ def test_ci_script_verifies_strictly():
 
 # ------------------------------------------------------------------ progress on a terminal
 
-def _verify_with_stderr_on_a_tty(project: Path, cwd: Path) -> tuple[int, str, str]:
+def _on_a_tty(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout a pipe): (status, out, err)."""
     main, child = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "gradforge", "verify", str(project),
-                             "--backend", "numpy"], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=child, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gradforge", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=child, text=True)
     os.close(child)
     chunks = []
     while True:
@@ -214,7 +221,7 @@ def _verify_with_stderr_on_a_tty(project: Path, cwd: Path) -> tuple[int, str, st
 
 def test_progress_on_a_terminal_and_silence_otherwise(tmp_path):
     project = copy_example("huber", tmp_path)
-    code, out, err = _verify_with_stderr_on_a_tty(project, tmp_path)
+    code, out, err = _on_a_tty(["verify", str(project), "--backend", "numpy"], tmp_path)
     assert code == 0, out + err
     for stage in ("differentiating", "reference: derivative check", "reference: case 1/3",
                   "reference: case 3/3", "numpy (1/1): building and running 3 cases"):
@@ -228,8 +235,19 @@ def test_progress_on_a_terminal_and_silence_otherwise(tmp_path):
 
 
 def test_explain_shows_progress_only_on_a_terminal(tmp_path):
+    project = copy_example("mlp", tmp_path)
+    code, out, err = _on_a_tty(["explain", str(project)], tmp_path)
+    assert code == 0, out + err
+    assert "differentiating" in err and "shortest form of 24 gradient formulas" in err, err
+    assert "∂ℓ/∂" in out and "differentiating" not in out
+    piped = gradforge("explain", project, cwd=tmp_path)
+    assert piped.returncode == 0 and piped.stderr == "" and piped.stdout == out
+
+
+def test_a_long_stage_keeps_ticking():
     import io
-    from gradforge.status_line import StatusLine
+    import time
+    from gradforge import status_line
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -237,13 +255,12 @@ def test_explain_shows_progress_only_on_a_terminal(tmp_path):
 
     terminal, pipe = Terminal(), io.StringIO()
     for stream in (terminal, pipe):
-        with StatusLine(stream) as progress:
+        with status_line.StatusLine(stream) as progress:
             progress("simplifying")
-    assert "simplifying" in terminal.getvalue() and terminal.getvalue().endswith("\r\033[K")
+            time.sleep(3 * status_line.TICK)
+    text = terminal.getvalue()
+    assert text.count("simplifying") >= 3 and text.endswith("\r\033[K")
     assert pipe.getvalue() == ""
-    project = copy_example("trend", tmp_path)
-    done = gradforge("explain", project, cwd=tmp_path)
-    assert done.returncode == 0 and done.stderr == ""
 
 
 # ------------------------------------------------------------------ no debris in TMPDIR

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="CSV/Parquet file (or folder, or glob) with columns named like "
                              "the fields (x, or x[0] x[1] … for arrays, as for train); the "
                              "cases use its rows instead of random data")
+    verify.add_argument("--drop-invalid", action="store_true",
+                        help="with --data: skip rows with an empty or non-numeric cell")
     verify.add_argument("--show", type=int, default=5, metavar="N",
                         help="mismatches to print per failing backend (default 5)")
     verify.add_argument("--strict", action="store_true",
@@ -145,7 +147,8 @@ def cmd_verify(args) -> int:
         data = None
         if args.data:
             progress(f"reading {args.data}")
-            data = rows(read_dataset(args.data, program.fields, program.precision))
+            data = rows(read_dataset(args.data, program.fields, program.precision,
+                                     drop_invalid=args.drop_invalid))
         progress("drawing cases inside the model's domain")
         cases = make_cases(spec, count=max(args.cases, 1), seed=args.seed, data=data,
                            in_domain=lambda case: reference.domain_problem(case) is None)
@@ -184,8 +187,17 @@ def cmd_explain(args) -> int:
     from .explain import report
     from .lower import compile_project
     from .project import load_project
-    sys.stdout.write(report(compile_project(load_project(args.project)),
-                            None if args.all else 24))
+    from .status_line import StatusLine
+    with StatusLine() as progress:
+        progress("reading the project")
+        spec = load_project(args.project)
+        progress("differentiating")
+        program = compile_project(spec)
+        entries = len(program.loss_and_gradient.gradient)
+        progress(f"finding the shortest form of {entries if args.all else min(entries, 24)} "
+                 "gradient formulas")
+        text = report(program, None if args.all else 24)
+    sys.stdout.write(text)
     return EXIT_OK
 
 

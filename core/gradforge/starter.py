@@ -23,7 +23,7 @@ c = 0.0
 # w = {{ shape = [4], init = 0.1 }}     # an array: init is a number or a nested list
 
 [inputs]                   # per-sample fields: scalar {{}} or {{ shape = [...] }}
-x = {{}}
+x = {{}}                     # {{ range = [0.1, 10] }}: where values live (verify draws there)
 
 [targets]
 y = {{}}

@@ -17,7 +17,8 @@ def add_parsers(sub) -> dict:
         description="Train through the generated code (NumPy module or compiled C) and write "
                     "params.json. Data columns: scalar fields by name, vector fields as x[0], "
                     "x[1], … (or x_0, x_1, …).")
-    train.add_argument("project", type=Path)
+    train.add_argument("project", type=Path,
+                       help="project file, or a folder holding project.toml")
     train.add_argument("data", help="a .csv or .parquet file, a folder of them, or a glob")
     train.add_argument("--backend", choices=("numpy", "c"), default="numpy",
                        help="which generated code computes (default numpy)")
@@ -33,8 +34,10 @@ def add_parsers(sub) -> dict:
                        help="stop after N iterations (epochs for first-order methods)")
     train.add_argument("--epochs", type=int, metavar="N", help="override [training] epochs")
     train.add_argument("--batch-size", type=int, metavar="N", help="0 = full batch")
-    train.add_argument("--learning-rate", type=float, metavar="RATE")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--learning-rate", type=float, metavar="RATE",
+                       help="override [training] learning_rate")
+    train.add_argument("--seed", type=int,
+                       help="override [training] seed (shuffling, validation split)")
     train.add_argument("--gradient-tolerance", type=float, metavar="TOL",
                        help="stop when the gradient's max-norm is at most TOL")
     train.add_argument("--objective-tolerance", type=float, metavar="TOL",
@@ -53,12 +56,17 @@ def add_parsers(sub) -> dict:
     train.add_argument("--quiet", action="store_true", help="no progress, only the summary")
 
     predict = sub.add_parser("predict", help="predictions for the inputs in a data file")
-    predict.add_argument("project", type=Path)
+    predict.add_argument("project", type=Path,
+                         help="project file, or a folder holding project.toml")
     predict.add_argument("data", help="a .csv or .parquet file, a folder of them, or a glob")
-    predict.add_argument("--params", type=Path, required=True, metavar="PARAMS_JSON")
-    predict.add_argument("--out", type=Path, default=Path("predictions.csv"), metavar="CSV")
-    predict.add_argument("--backend", choices=("numpy", "c"), default="numpy")
-    predict.add_argument("--drop-invalid", action="store_true")
+    predict.add_argument("--params", type=Path, required=True, metavar="PARAMS_JSON",
+                         help="trained parameters (params.json written by train)")
+    predict.add_argument("--out", type=Path, default=Path("predictions.csv"), metavar="CSV",
+                         help="where to write the predictions (default predictions.csv)")
+    predict.add_argument("--backend", choices=("numpy", "c"), default="numpy",
+                         help="which generated code computes (default numpy)")
+    predict.add_argument("--drop-invalid", action="store_true",
+                         help="skip rows with an empty or non-numeric cell (and say how many)")
     return {"train": cmd_train, "predict": cmd_predict}
 
 
