@@ -134,7 +134,8 @@ def test_c_backend_follows_the_numpy_iterates(tmp_path, cache):
 def test_full_batch_gradient_descent_and_tolerances(tmp_path):
     result = gradforge.train(TREND / "project.toml", TREND / "data.csv", optimizer="sgd",
                              batch_size=0, learning_rate=0.01, max_iterations=50)
-    assert result.evaluations == 50 and result.passes == 50
+    # one full evaluation per iteration plus the initial one (the stopping rules need it)
+    assert result.evaluations == 51 and result.passes == 51
     assert result.history[0].objective > result.history[-1].objective
 
 
@@ -259,3 +260,49 @@ def test_drop_invalid_skips_and_counts(tmp_path, capsys):
                              "--quiet"], capsys)
     assert code == 0, err
     assert "dropped 2 invalid row(s)" in err and "62 samples (2 invalid rows dropped)" in stdout
+
+
+DECAY = ROOT / "examples" / "decay"
+
+
+@pytest.mark.parametrize("example,optimizer", [(TREND, None), (MLP, "lbfgs"), (DECAY, None)],
+                         ids=["trend-adam", "mlp-lbfgs", "decay-lm"])
+def test_numpy_backend_is_the_generated_train(example, optimizer):
+    """gradforge.train on the NumPy backend runs the generated module's own optimizer: the
+    same parameters and report as calling the module's train() by hand."""
+    result = gradforge.train(example / "project.toml", example / "data.csv",
+                             optimizer=optimizer, max_iterations=6)
+    spec = gradforge.load_project(example / "project.toml")
+    if optimizer:
+        import dataclasses
+        spec = dataclasses.replace(spec, training=dataclasses.replace(
+            spec.training, optimizer=optimizer, hyper=(), batch_size=0))
+    program = gradforge.compile_project(spec)
+    module = numpy_module(program)
+    data = read_dataset(example / "data.csv", program.fields, program.precision)
+    report = module.train(module.init_params(), data.arrays(
+        {f.name: f.shape for f in program.fields}), max_iterations=6)
+    numpy.testing.assert_array_equal(result.theta, module.flatten(report.params))
+    assert (result.reason, result.iterations, result.evaluations, result.passes) == \
+        (report.reason, report.iterations, report.evaluations, report.passes)
+
+
+def test_c_backend_lbfgs_with_bounds_follows_numpy(cache):
+    """lbfgs on a bounded model: C evaluations, the generated driver; same iterates as NumPy."""
+    need_cc()
+    kw = dict(optimizer="lbfgs", max_iterations=8, trace=True)
+    a = gradforge.train(DECAY / "project.toml", DECAY / "data.csv", backend="numpy", **kw)
+    b = gradforge.train(DECAY / "project.toml", DECAY / "data.csv", backend="c", **kw)
+    assert len(a.trace) == len(b.trace) > 3
+    for x, y in zip(a.trace, b.trace):
+        numpy.testing.assert_allclose(y, x, rtol=1e-9, atol=1e-12)
+    assert (a.reason, a.iterations) == (b.reason, b.iterations)
+
+
+def test_special_files_are_never_replaced(tmp_path, capsys):
+    """Atomic writes rename a temporary file: never over a folder or a device."""
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    code, stdout, err = run(["train", TREND / "project.toml", TREND / "data.csv",
+                             "--params-out", folder, "--quiet"], capsys)
+    assert code == 2 and "not a regular file" in err and folder.is_dir()

@@ -24,33 +24,91 @@ def need_dask():
         pytest.skip("dask.distributed not installed")
 
 
-@pytest.fixture(scope="module")
-def parquet(tmp_path_factory):
-    """10⁶ rows of a noisy quadratic in one Parquet file of 8 row groups (8 partitions)."""
-    need_dask()
+DECAY = ROOT / "examples" / "decay" / "project.toml"
+
+
+def write_parquet(path, columns):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    rng = numpy.random.default_rng(11)
-    n = 1_000_000
-    x = rng.uniform(-2.0, 2.0, n)
-    y = 0.7 * x * x - 0.3 * x + 0.1 + rng.normal(0.0, 0.1, n)
-    path = tmp_path_factory.mktemp("dask") / "samples.parquet"
-    pq.write_table(pa.table({"x": x, "y": y}), path, row_group_size=n // 8)
+    n = len(next(iter(columns.values())))
+    pq.write_table(pa.table(columns), path, row_group_size=n // 8)
     assert pq.ParquetFile(path).metadata.num_row_groups == 8
     return path
 
 
-def test_dask_iterates_equal_in_memory(parquet):
-    kw = dict(optimizer="sgd", batch_size=0, learning_rate=0.2, max_iterations=4, trace=True)
-    memory = gradforge.train(TREND, parquet, **kw)
-    cluster = gradforge.train(TREND, parquet, engine="dask", workers=2, **kw)
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory):
+    """10⁶ rows of a noisy quadratic in one Parquet file of 8 row groups (8 partitions)."""
+    need_dask()
+    rng = numpy.random.default_rng(11)
+    n = 1_000_000
+    x = rng.uniform(-2.0, 2.0, n)
+    y = 0.7 * x * x - 0.3 * x + 0.1 + rng.normal(0.0, 0.1, n)
+    return write_parquet(tmp_path_factory.mktemp("dask") / "samples.parquet", {"x": x, "y": y})
+
+
+@pytest.fixture(scope="module")
+def decay_parquet(tmp_path_factory):
+    """10⁶ rows of a noisy exponential decay (the decay example's model), 8 row groups."""
+    need_dask()
+    rng = numpy.random.default_rng(12)
+    n = 1_000_000
+    t = rng.uniform(0.0, 5.0, n)
+    y = 2.0 * numpy.exp(-0.8 * t) + 0.3 + rng.normal(0.0, 0.05, n)
+    return write_parquet(tmp_path_factory.mktemp("decay") / "decay.parquet", {"t": t, "y": y})
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One LocalCluster with 2 worker processes for the module (started once: it is the slow
+    part), passed to gradforge as a scheduler address like a real cluster's."""
+    need_dask()
+    from distributed import LocalCluster
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=":0")
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+def same_iterates(memory, cluster):
     assert cluster.samples == memory.samples == 1_000_000
-    assert len(cluster.trace) == len(memory.trace) == 5
+    assert len(cluster.trace) == len(memory.trace) and len(memory.trace) > 2
     for a, b in zip(memory.trace, cluster.trace):
         numpy.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
     assert cluster.objective == pytest.approx(memory.objective, rel=1e-10)
     assert [h.objective for h in cluster.history] == pytest.approx(
         [h.objective for h in memory.history], rel=1e-10)
+    assert (cluster.reason, cluster.iterations, cluster.evaluations) == \
+        (memory.reason, memory.iterations, memory.evaluations)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_dask_iterates_equal_in_memory(parquet, scheduler, optimizer):
+    kw = dict(optimizer=optimizer, max_iterations=4, trace=True)
+    if optimizer == "sgd":
+        kw.update(batch_size=0, learning_rate=0.2)
+    memory = gradforge.train(TREND, parquet, **kw)
+    cluster = gradforge.train(TREND, parquet, engine="dask", scheduler=scheduler, **kw)
+    same_iterates(memory, cluster)
+
+
+def test_dask_levenberg_marquardt_equals_in_memory(decay_parquet, scheduler):
+    kw = dict(max_iterations=5, trace=True)
+    memory = gradforge.train(DECAY, decay_parquet, **kw)
+    assert memory.optimizer == "levenberg_marquardt"
+    cluster = gradforge.train(DECAY, decay_parquet, engine="dask", scheduler=scheduler, **kw)
+    same_iterates(memory, cluster)
+
+
+def test_dask_local_cluster_by_default(capsys, tmp_path):
+    """Without --scheduler, `gradforge train --engine dask` starts (and closes) a LocalCluster
+    of its own; a CSV file is one partition."""
+    need_dask()
+    code = main(["train", str(TREND), str(TREND.parent / "data.csv"), "--engine", "dask",
+                 "--workers", "1", "--optimizer", "lbfgs", "--max-iterations", "3", "--quiet",
+                 "--params-out", str(tmp_path / "params.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "lbfgs on numpy / dask" in out
 
 
 def test_dask_refuses_mini_batches(parquet, capsys):

@@ -1,8 +1,8 @@
 """``--engine dask``: the IR's map-reduce over samples, run on a Dask cluster.
 
 Each evaluation maps the generated NumPy kernels over the partitions where they live (per
-partition: the sum of the loss and of its gradient; JᵀJ and Jᵀr for Levenberg–Marquardt when
-the generated module offers them), gathers the partial sums and adds them **in partition
+partition: the sum of the loss and of its gradient; Σr², JᵀJ and Jᵀr for Levenberg–Marquardt),
+gathers the partial sums and adds them **in partition
 order** on the driver, then applies the reduction (mean) and the regularizer. The optimizer
 runs unchanged on the driver, so full-batch methods (lbfgs, lm, gradient descent with
 ``batch_size = 0``) give the in-memory iterates to rounding. Mini-batch optimizers are refused:
@@ -61,6 +61,24 @@ def _partial(part, theta, source, constants, with_gradient):
         return m._total(m._loss(theta, blocks, c, n), n), None, n
 
 
+def _partial_normal(part, theta, source, constants):
+    """One partition's Levenberg–Marquardt sums, unscaled: (Σ r², JᵀJ, Jᵀr) over its samples."""
+    m = _module(source)
+    blocks, n, _ = part
+    P = m.NUM_PARAMS
+    F, JtJ, Jtr = 0.0, numpy.zeros((P, P), dtype=m.DTYPE), numpy.zeros(P, dtype=m.DTYPE)
+    if n == 0:
+        return F, JtJ, Jtr
+    c = m._constants(constants)
+    with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for kernel in m._SAMPLE_RESIDUALS:
+            r, jac = kernel(theta, blocks, c, n)
+            F += float(numpy.dot(r, r))
+            JtJ += jac.T @ jac
+            Jtr += jac.T @ r
+    return F, JtJ, Jtr
+
+
 def _count(part):
     return part[1], part[2]
 
@@ -91,7 +109,7 @@ class DaskEvaluator:
         else:
             count = workers or os.cpu_count() or 1
             self.cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
-                                        dashboard_address=None)
+                                        dashboard_address=":0")
             self.client = Client(self.cluster)
         try:
             source = next(iter(emit(program, "numpy").values()))
@@ -149,6 +167,27 @@ class DaskEvaluator:
         theta = numpy.asarray(theta, dtype=self.module.DTYPE)
         total, _ = self._sums(theta, False)
         return self._finish(theta, total, None, False)[0]
+
+    def normal_equations(self, theta):
+        """(F, JᵀJ, Jᵀr) for Levenberg–Marquardt: partition sums in order, then the mean's
+        1/n and the regularizer's residuals, as the generated _normal_flat."""
+        m = self.module
+        theta = numpy.asarray(theta, dtype=m.DTYPE)
+        futures = [self.client.submit(_partial_normal, p, theta, self.source, self.constants,
+                                      pure=False) for p in self.parts]
+        F, JtJ, Jtr = 0.0, 0.0, 0.0
+        for f, a, b in self.client.gather(futures):
+            F, JtJ, Jtr = F + f, JtJ + a, Jtr + b
+        if self.program.reduction == "mean":
+            scale = 1.0 / self.n
+            F, JtJ, Jtr = F * scale, JtJ * m.DTYPE(scale), Jtr * m.DTYPE(scale)
+        c = m._constants(self.constants)
+        for kernel in m._REGULARIZER_RESIDUALS:
+            r, jac = kernel(theta, {}, c, 1)
+            F += float(numpy.dot(r, r))
+            JtJ = JtJ + jac.T @ jac
+            Jtr = Jtr + jac.T @ r
+        return F, JtJ, Jtr
 
     def close(self):
         client, cluster = getattr(self, "client", None), self.cluster

@@ -181,9 +181,24 @@ class CModel:
         return out
 
 
+def evaluation_program(program):
+    """``program`` as the C backend emits it for evaluation only: the value, gradient and
+    prediction do not depend on the optimizer or the bounds, which the Python driver applies,
+    so a project that trains with lbfgs or has bounds (which the C trainer may not implement
+    yet) still gets C-speed evaluations."""
+    import dataclasses
+    inf = float("inf")
+    training = program.training
+    if getattr(training, "method", "sgd") not in ("sgd", "momentum", "adam"):
+        training = dataclasses.replace(training, method="sgd")
+    parameters = tuple(dataclasses.replace(p, lower=(-inf,) * p.size, upper=(inf,) * p.size)
+                       if hasattr(p, "lower") else p for p in program.parameters)
+    return dataclasses.replace(program, training=training, parameters=parameters)
+
+
 def load_c_model(program, files: Mapping[str, str] | None = None) -> CModel:
     """Emit (unless ``files`` are given), compile once (cached) and open the C library."""
     if files is None:
         from .api import emit
-        files = emit(program, "c")
+        files = emit(evaluation_program(program), "c")
     return CModel(compile_library(files, program.name), program)

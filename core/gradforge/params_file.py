@@ -122,6 +122,13 @@ def to_text(pf: ParamsFile) -> str:
     return "\n".join(lines) + "\n"
 
 
+def refuse_special(path: Path) -> None:
+    """Writing is atomic (a temporary file renamed over the target): never rename over a
+    device, pipe or folder such as /dev/null."""
+    if path.exists() and not path.is_file():
+        raise ParamsFileError(f"{path}: not a regular file; give a file path to write to")
+
+
 def text_twin(path: str | Path) -> Path:
     """``params.json`` → ``params.txt`` (the plain-text twin C reads)."""
     return Path(path).with_suffix(".txt")
@@ -133,6 +140,8 @@ def write(path: str | Path, pf: ParamsFile, twin: bool = True) -> list[Path]:
     texts = {path: to_json(pf)}
     if twin:
         texts[text_twin(path)] = to_text(pf)
+    for target in texts:
+        refuse_special(target)
     for target, content in texts.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")

@@ -164,6 +164,9 @@ class NumpyEvaluator:
     def objective(self, theta):
         return self.m._objective_flat(theta, self.d, self.n, self.c)
 
+    def normal_equations(self, theta):
+        return self.m._normal_flat(theta, self.d, self.n, self.c)
+
 
 class CEvaluator:
     """The same through the compiled C library (ctypes, columns by pointer)."""
@@ -210,70 +213,51 @@ class _Settings:
     hyper: dict[str, float]
     history: int = 10
 
+    @property
+    def first_order(self) -> bool:
+        return self.optimizer in FIRST_ORDER
 
-def _first_order(module, evaluator, theta, s: _Settings, n: int, on_iteration):
-    """Epochs of the generated optimizer_step; returns (theta, reason, iterations, evaluations,
-    passes, objective, gradient_norm)."""
-    state = module.init_optimizer_state()
-    rng = module.SplitMix64(s.seed)
-    full = s.batch_size == 0 or s.batch_size >= n
-    evaluations, passes, seen = 0, 0.0, 0
-    objective, gnorm = math.nan, math.nan
-    previous = None
-    index_dtype = numpy.uintp if evaluator.name == "c" else numpy.intp
-    for iteration in range(1, s.max_iterations + 1):
-        if full:
-            value, grad = evaluator.value_and_grad(theta)
-            evaluations += 1
-            passes += 1.0
-            if not _finite(value, grad):
-                return theta, "non_finite", iteration - 1, evaluations, passes, objective, gnorm
-            objective, gnorm = float(value), _norm(grad)
-            if s.gradient_tolerance and gnorm <= s.gradient_tolerance:
-                return theta, "gradient_tolerance", iteration - 1, evaluations, passes, objective, gnorm
-            if (s.objective_tolerance and previous is not None
-                    and previous - objective <= s.objective_tolerance * max(abs(previous), 1e-300)):
-                return theta, "objective_tolerance", iteration - 1, evaluations, passes, objective, gnorm
-            previous = objective
-            new = module.optimizer_step(theta.copy(), grad, state, s.hyper)
-            if not numpy.all(numpy.isfinite(new)):
-                return theta, "non_finite", iteration - 1, evaluations, passes, objective, gnorm
-            theta = new
+    def options(self) -> dict[str, Any]:
+        return {"max_iterations": self.max_iterations,
+                "gradient_tolerance": self.gradient_tolerance,
+                "objective_tolerance": self.objective_tolerance, "history": self.history}
+
+
+FIRST_ORDER = ("sgd", "momentum", "adam")
+
+
+def _run_generated(module, evaluator, theta, s: _Settings, n: int, callback):
+    """Run the generated module's own optimizer code with ``evaluator``'s sums; returns the
+    module's Report. Mirrors the generated ``train``: first-order methods evaluate J and g on
+    all samples once per iteration (the stopping rules), then run one epoch of steps."""
+    if not s.first_order:
+        if s.optimizer == "levenberg_marquardt":
+            evaluate = evaluator.normal_equations
         else:
-            order = module.permutation(n, rng).astype(index_dtype, copy=False)
-            total, weight = 0.0, 0
-            mean_grad = numpy.zeros_like(theta, dtype=float)
-            for start in range(0, n, s.batch_size):
-                index = order[start:start + s.batch_size]
-                value, grad = evaluator.batch_value_and_grad(theta, index)
-                evaluations += 1
-                seen += len(index)
-                if not _finite(value, grad):
-                    return (theta, "non_finite", iteration - 1, evaluations, seen / n,
-                            objective, gnorm)
-                new = module.optimizer_step(theta.copy(), grad, state, s.hyper)
-                if not numpy.all(numpy.isfinite(new)):
-                    return (theta, "non_finite", iteration - 1, evaluations, seen / n,
-                            objective, gnorm)
-                theta = new
-                total += float(value) * len(index)
-                weight += len(index)
-                mean_grad += grad * len(index)
-            passes = seen / n
-            # an epoch's objective: the mean of its batches' objectives (no extra pass)
-            objective, gnorm = total / weight, _norm(mean_grad / weight)
-        if on_iteration(iteration, theta, objective, gnorm):
-            return theta, "callback", iteration, evaluations, passes, objective, gnorm
-    return theta, "max_iterations", s.max_iterations, evaluations, passes, objective, gnorm
+            evaluate = evaluator.value_and_grad
+        return module.minimize(evaluate, theta, s.options(), callback)
+    run = module._Run(s.optimizer, s.options(), callback, module.LOWER, module.UPPER)
+    rng = module.SplitMix64(s.seed)
+    lower, upper = module.LOWER, module.UPPER
+    full = s.batch_size == 0 or s.batch_size >= n
+    index_dtype = numpy.uintp if evaluator.name == "c" else numpy.intp
 
+    def epoch(theta, grad, state, hyper):
+        if full:
+            return module._clip(module.optimizer_step(theta, grad, state, hyper), lower, upper)
+        run.passes += 1.0
+        order = module.permutation(n, rng).astype(index_dtype, copy=False)
+        for start in range(0, n, s.batch_size):
+            _, batch_grad = evaluator.batch_value_and_grad(theta, order[start:start + s.batch_size])
+            theta = module._clip(module.optimizer_step(theta, batch_grad, state, hyper),
+                                 lower, upper)
+        return theta
 
-def _full_batch_driver(module, evaluator, theta, s: _Settings, on_iteration):
-    """L-BFGS / Levenberg–Marquardt: the generated module's driver, our evaluations."""
-    minimize = getattr(module, "minimize", None)
-    if minimize is None:
-        raise GradforgeError(f"optimizer {s.optimizer!r} is not available in this gradforge "
-                             f"build's generated NumPy module (no minimize driver)")
-    raise GradforgeError("internal: full-batch driver not wired")  # replaced when issue 9 lands
+    if numpy.any(theta < lower) or numpy.any(theta > upper):
+        raise GradforgeError("the initial parameters are outside the project's bounds")
+    theta, value, grad, reason = module._first_order(evaluator.value_and_grad, theta, run,
+                                                     epoch, s.hyper)
+    return run.report(theta, value, run.projected_norm(theta, grad), reason)
 
 
 # ----------------------------------------------------------------------------- train
@@ -402,6 +386,9 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
     module = numpy_module(program)
     theta = _initial_theta(module, program, init)
     first_order = settings.optimizer in ("sgd", "momentum", "adam")
+    if params_out is not None:                   # refuse before spending the training time
+        params_file.refuse_special(Path(params_out))
+        params_file.refuse_special(params_file.text_twin(params_out))
     if plot_dir is not None:
         from .plots import require_matplotlib
         require_matplotlib()
@@ -430,6 +417,10 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
                                  settings.seed if validation_seed is None else validation_seed)
         n = train_set.n
         if backend == "c":
+            if settings.optimizer == "levenberg_marquardt":
+                raise GradforgeError("--backend c has no residual/Jacobian kernels for "
+                                     "levenberg_marquardt yet; use --backend numpy (or "
+                                     "--optimizer lbfgs with --backend c)")
             from .native import load_c_model
             cmodel = load_c_model(program)
             evaluator = CEvaluator(cmodel, train_set, constants)
@@ -442,14 +433,15 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
     trace_list: list[numpy.ndarray] = [theta.copy()] if trace else []
     bar = Progress(settings.max_iterations, f"{program.name} {settings.optimizer}", progress)
 
-    def on_iteration(iteration, current, objective, gnorm):
-        val = (float(valid_eval.objective(current))
-               if valid is not None else None)
-        row = Iteration(iteration, float(objective), float(gnorm), val)
+    def on_iteration(report):
+        current = module.flatten(report.params)
+        val = float(valid_eval.objective(current)) if valid_eval is not None else None
+        row = Iteration(report.iterations, float(report.objective),
+                        float(report.gradient_norm), val)
         history.append(row)
         if trace:
             trace_list.append(numpy.array(current, copy=True))
-        bar.update(iteration, row.objective, row.gradient_norm, val)
+        bar.update(row.iteration, row.objective, row.gradient_norm, val)
         return bool(callback(row)) if callback is not None else False
 
     started = time.perf_counter()
@@ -457,27 +449,20 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
     quiet_overflow = numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
     quiet_overflow.__enter__()
     try:
-        if first_order:
-            theta, reason, iterations, evaluations, passes, objective, gnorm = _first_order(
-                module, evaluator, theta, settings, n, on_iteration)
-        else:
-            theta, reason, iterations, evaluations, passes, objective, gnorm = \
-                _full_batch_driver(module, evaluator, theta, settings, on_iteration)
-        # the reported objective is the exact one at the final parameters
-        final = evaluator.objective(theta)
-        if numpy.isfinite(final):
-            objective = float(final)
+        report = _run_generated(module, evaluator, theta, settings, n, on_iteration)
     finally:
         quiet_overflow.__exit__(None, None, None)
         bar.close()
         if cluster is not None:
             cluster.close()
     seconds = time.perf_counter() - started
-    val_obj = float(valid_eval.objective(theta)) if valid is not None else None
+    theta = module.flatten(report.params)
+    val_obj = float(valid_eval.objective(theta)) if valid_eval is not None else None
     result = TrainResult(
-        params=module.unflatten(theta), theta=numpy.array(theta), objective=float(objective),
-        validation_objective=val_obj, gradient_norm=float(gnorm), iterations=iterations,
-        evaluations=evaluations, passes=passes, reason=reason, seconds=seconds, samples=n,
+        params=report.params, theta=numpy.array(theta), objective=float(report.objective),
+        validation_objective=val_obj, gradient_norm=float(report.gradient_norm),
+        iterations=report.iterations, evaluations=report.evaluations, passes=report.passes,
+        reason=report.reason, seconds=seconds, samples=n,
         validation_samples=valid.n if valid is not None else 0, dropped=dropped,
         optimizer=settings.optimizer, backend=backend, engine=engine, history=history,
         model_hash=program.model_hash, project=program.name)
@@ -536,6 +521,7 @@ def write_predictions(out: str | Path, program, dataset: Dataset, values) -> Pat
     import pyarrow as pa
     import pyarrow.csv as pacsv
     out = Path(out)
+    params_file.refuse_special(out)
     names, arrays = [], []
     for f in program.inputs:
         col = dataset.columns[f.name]
