@@ -473,6 +473,18 @@ def test_macos_ci_material_typechecks(metal_stub, tmp_path):
     sources = sorted(tmp_path.glob("*/Sources/*/*.swift"))
     subprocess.run([swiftc, "-typecheck", "-I", str(stub), str(tmp_path / "main.swift"),
                     *map(str, sources)], check=True)
+    # issue 7 item 5: prediction from inputs alone, checked against the reference on macOS
+    assert "predictions from inputs only\", try trainer.predict(x: [" in \
+        (tmp_path / "main.swift").read_text()
+
+
+def test_host_predicts_from_inputs_only():
+    """Issue 7 item 5: the Metal host's predict takes the inputs alone (no targets)."""
+    spec = dataclasses.replace(gradforge.load_project(example_path("huber")), precision="float32")
+    program = gradforge.compile_project(spec)
+    trainer = gradforge.emit(program, "metal")["Sources/HuberMetal/HuberMetalTrainer.swift"]
+    assert "public func predict(x input0: [Float]) throws -> [Float]" in trainer
+    assert "y input" not in trainer
 
 
 # ------------------------------------------------------------------------------ benchmark

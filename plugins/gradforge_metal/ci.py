@@ -93,7 +93,7 @@ def check_entry(label: str, spec: ProjectSpec, program, model: dict) -> dict:
     want = Reference(spec).expected(case)
     fields = []
     for f, info in zip(program.fields, model["fields"]):
-        fields.append({"swift": info["swift"],
+        fields.append({"swift": info["swift"], "role": f.role,
                        "data": _floats(v for row in case.data[f.name] for v in row)})
     constants = [{"swift": c["swift"], "value": shortest_repr(case.constants[c["name"]],
                                                               "float32")}
