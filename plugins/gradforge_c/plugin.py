@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (check_training, Assignment, Backend, BackendError, Case,
+from gradforge.plugin_api import (DAMPING, LINE_SEARCH, STOP_REASONS, check_training, Assignment, Backend, BackendError, Case,
                                   Kernel, Option, Program, Result, Toolchain, ToolchainError,
                                   check_vocabulary,
                                   count_operations, decode_results, encode_cases, find_tool,
@@ -81,7 +81,7 @@ SYSTEM_HEADERS = frozenset("""
 #: (``n`` of the data struct, the optimizer's scratch). Other functions hold no user names.
 INTERNAL_NAMES = frozenset("""
     params d c grad out n i k s index count total opt batch_grad gradforge_unused
-    gf_sign gf_select part start end job value GF_BLOCK_FUNCTION
+    gf_sign gf_select part start end job value GF_BLOCK_FUNCTION jtj jtr
 """.split())
 
 #: Samples are summed in blocks of this many (by position in the batch); the block partials
@@ -151,13 +151,21 @@ class _Emitter:
             "optimizer_reset", "optimizer_step", "train", "sum_loss", "sum_loss_and_grad",
             "regularizer", "defaults", "initial_params", "load_params", "read_params",
             "params_error", "params_pass", "parameter_table", "block_loss",
-            "block_loss_and_grad", "job", "run_job", "parallel", "thread_count")}
+            "block_loss_and_grad", "job", "run_job", "parallel", "thread_count",
+            "stop", "stop_name", "report", "callback", "train_options", "workspace",
+            "default_train_options", "workspace_init", "normal_equations", "lower", "upper",
+            "residuals", "first_order", "lbfgs", "levenberg_marquardt", "line_search")}
         own |= {f"{u}_{suffix}" for suffix in (
             "NUM_PARAMS", "DEFAULT_CONSTANTS", "DEFAULT_EPOCHS", "DEFAULT_BATCH_SIZE",
             "DEFAULT_SEED", "H", "MODEL_HASH", "PARAMETER_COUNT", "PARAMS_H", "PARAMS_OK",
             "PARAMS_CANNOT_OPEN", "PARAMS_NOT_A_PARAMS_FILE", "PARAMS_OTHER_MODEL",
             "PARAMS_UNKNOWN_PARAMETER", "PARAMS_WRONG_COUNT", "PARAMS_BAD_NUMBER",
-            "PARAMS_MISSING_PARAMETER", "THREADS", "BLOCK", "MAX_THREADS")}
+            "PARAMS_MISSING_PARAMETER", "THREADS", "BLOCK", "MAX_THREADS",
+            "STOP_GRADIENT_TOLERANCE", "STOP_OBJECTIVE_TOLERANCE",
+            "STOP_MAX_ITERATIONS", "STOP_LINE_SEARCH_FAILED", "STOP_NON_FINITE",
+            "STOP_CALLBACK", "HISTORY", "WORKSPACE_SIZE", "DEFAULT_TRAIN_OPTIONS",
+            "DEFAULT_MAX_ITERATIONS", "DEFAULT_GRADIENT_TOLERANCE",
+            "DEFAULT_OBJECTIVE_TOLERANCE")}
         own |= {f"GRADFORGE_{u}_H", f"GRADFORGE_{u}_PARAMS_H"}
         own |= {f"{u}_OFFSET_{q.name}" for q in self.program.parameters}
         own |= {f"{u}_SIZE_{q.name}" for q in self.program.parameters}
@@ -298,6 +306,65 @@ class _Emitter:
             "ops": count_operations([a.expr for a in body] + roots),
         }
 
+    def residual_functions(self) -> list[dict[str, Any]]:
+        """Levenberg–Marquardt: one function per residual kernel that adds r², Jᵀr and the
+        upper triangle of JᵀJ (only the Jacobian row's non-zero entries) over the samples."""
+        P = self.program.num_params
+        out = []
+        groups = [("sample", k) for k in self.program.residuals] + \
+            [("regularizer", k) for k in self.program.regularizer_residuals]
+        for number, (group, kernel) in enumerate(groups):
+            r = kernel.output("residual")
+            roots = [r] + [g for _, g in kernel.gradient]
+            parts = self.kernel_parts(kernel, roots)
+            T = self.T
+            accumulate = [f"const {T} gf_r = {self.expr(r)};"]
+            accumulate += [f"const {T} gf_j{i} = {self.expr(g)};" for i, g in kernel.gradient]
+            accumulate.append("total += gf_r * gf_r;")
+            accumulate += [f"jtr[{i}] += gf_j{i} * gf_r;" for i, _ in kernel.gradient]
+            entries = [i for i, _ in kernel.gradient]
+            for a_pos, a in enumerate(entries):
+                for b in entries[a_pos:]:
+                    accumulate.append(f"jtj[{a * P + b}] += gf_j{a} * gf_j{b};")
+            parts.update(name=f"{self.prefix}_residual_{number}", group=group,
+                         accumulate=accumulate)
+            out.append(parts)
+        return out
+
+    def training(self) -> dict[str, Any]:
+        """Settings, bounds and constants the trainer prints (gradforge.optimizers)."""
+        t = self.program.training
+        T = self.T
+        suffix = "f" if T == "float" else ""
+        huge = "HUGE_VALF" if T == "float" else "HUGE_VAL"
+
+        def bound(v: float) -> str:
+            if v == float("inf"):
+                return huge
+            if v == float("-inf"):
+                return f"-{huge}"
+            return self.literal(v)
+        lower = [bound(v) for v in self.program.lower]
+        upper = [bound(v) for v in self.program.upper]
+        rows = lambda items: [", ".join(items[i:i + 6]) + ("," if i + 6 < len(items) else "")  # noqa: E731
+                              for i in range(0, len(items), 6)]
+        return {
+            "method": t.method,
+            "first_order": t.method in ("sgd", "momentum", "adam"),
+            "max_iterations": t.max_iterations,
+            "gradient_tolerance": self.literal(t.gradient_tolerance),
+            "objective_tolerance": self.literal(t.objective_tolerance),
+            "history": t.history,
+            "bounded": self.program.bounded,
+            "lower_rows": rows(lower), "upper_rows": rows(upper),
+            "f": suffix,
+            "eps": "1.1920929e-07f" if T == "float" else "2.220446049250313e-16",
+            "ls": LINE_SEARCH, "damping": DAMPING,
+            "reasons": [r.upper() for r in STOP_REASONS], "reason_names": list(STOP_REASONS),
+            "residuals": self.residual_functions() if t.method == "levenberg_marquardt" else [],
+            "sqrt": "sqrtf" if T == "float" else "sqrt",
+        }
+
     def optimizer(self) -> dict[str, Any]:
         """The step: scalar state updated once, then a loop over the flat vector."""
         opt = self.program.optimizer
@@ -358,6 +425,7 @@ class _Emitter:
         functions = self.per_sample_functions()
         regularizer = self.regularizer()
         optimizer = self.optimizer()
+        training = self.training()
         init = [self.literal(v) for p in prog.parameters for v in p.init]
         init_rows = [", ".join(init[i:i + 6]) + ("," if i + 6 < len(init) else "")
                      for i in range(0, len(init), 6)]
@@ -382,6 +450,7 @@ class _Emitter:
             "functions": functions,
             "regularizer": regularizer,
             "optimizer": optimizer,
+            "train": training,
             "init_rows": init_rows,
             "training": {"epochs": prog.training.epochs,
                          "batch_size": prog.training.batch_size,
@@ -399,11 +468,20 @@ class _Emitter:
         }
 
 
+#: Levenberg–Marquardt in C keeps JᵀJ (three P×P matrices in the workspace) and unrolls each
+#: Jacobian row's outer product per sample; above this many parameters use lbfgs.
+LM_MAX_PARAMS = 64
+
+
 def emit_files(program: Program, threads: int = 1) -> dict[str, str]:
     """``{<name>.h: …, <name>.c: …}`` for ``program`` (pure, deterministic); ``threads`` ≠ 1
     adds the pthreads driver (0: as many threads as online processors)."""
     check_vocabulary(program, backend="c")
     check_training(program, CBackend)
+    if program.training.method == "levenberg_marquardt" and program.num_params > LM_MAX_PARAMS:
+        raise BackendError(f"the c backend runs levenberg_marquardt up to {LM_MAX_PARAMS} "
+                           f"parameters (this model has {program.num_params}); use "
+                           f"optimizer = \"lbfgs\"")
     context = _Emitter(program, threads).context()
     return {
         f"{program.name}.h": render("gradforge_c", "header.h.j2", **context),
@@ -420,6 +498,7 @@ def _harness_context(program: Program) -> dict[str, Any]:
                 upper=emitter.upper, T=emitter.T,
                 fields=[{"member": emitter.name(f.name), "size": f.size}
                         for f in program.fields],
+                first_order=program.training.method in ("sgd", "momentum", "adam"),
                 constants=[emitter.name(c.symbol) for c in program.constants])
 
 
@@ -437,12 +516,22 @@ def trainer_text(program: Program) -> str:
 class TrainingRun:
     """What the trainer harness reported."""
 
-    status: int
+    status: int                   # <name>_train's return: the stop reason's code, or -1
     objective_before: float
     value_before: float           # J from value_and_grad (must equal objective_before)
     objective_after: float
     params: tuple[float, ...]
     seconds: float                # CPU time of <name>_train alone
+    iterations: int = 0           # the report
+    evaluations: int = 0
+    passes: int = 0
+    objective: float = 0.0
+    gradient_norm: float = 0.0
+    iterates: tuple[tuple[float, ...], ...] = ()   # params after each iteration (at most 50)
+
+    @property
+    def reason(self) -> str:
+        return STOP_REASONS[self.status - 1] if 1 <= self.status <= len(STOP_REASONS) else ""
 
 
 def compile_flags(precision: str, threads: int = 1) -> list[str]:
@@ -461,6 +550,8 @@ def threads_option(options: Mapping[str, Any]) -> int:
 
 class CBackend(Backend):
     name = "c"
+    training_methods = ("sgd", "momentum", "adam", "lbfgs", "levenberg_marquardt")
+    supports_bounds = True
     description = "C99 header + source, libm only (objective, gradient, optimizer, training loop)"
     comment_prefix = "/*"
     shadowed_names = {name: f"the system header <{name}.h>" for name in sorted(SYSTEM_HEADERS)}
@@ -495,24 +586,38 @@ class CBackend(Backend):
 
     def train(self, program: Program, data: Mapping[str, Sequence[Sequence[float]]],
               workdir: Path, epochs: int | None = None, batch_size: int | None = None,
-              seed: int | None = None, optimize: str = "-O2") -> TrainingRun:
-        """Build the trainer harness and run ``<name>_train`` on ``data`` ({field: rows})."""
+              seed: int | None = None, optimize: str = "-O2", max_iterations: int | None = None,
+              gradient_tolerance: float | None = None,
+              objective_tolerance: float | None = None) -> TrainingRun:
+        """Build the trainer harness and run ``<name>_train`` on ``data`` ({field: rows});
+        ``epochs`` is max_iterations for first-order methods (None = project defaults)."""
         t = program.training
-        epochs = t.epochs if epochs is None else epochs
+        if max_iterations is None:
+            max_iterations = epochs if epochs is not None else t.max_iterations
         batch_size = t.batch_size if batch_size is None else batch_size
         seed = t.seed if seed is None else seed
+        gtol = t.gradient_tolerance if gradient_tolerance is None else gradient_tolerance
+        otol = t.objective_tolerance if objective_tolerance is None else objective_tolerance
         binary = self.build(program, Path(workdir), {"trainer.c": trainer_text(program)},
                             optimize=optimize)
         n = len(data[program.fields[0].name]) if program.fields else 0
-        lines = [f"{n} {epochs} {batch_size} {seed}"]
+        lines = [f"{n} {max_iterations} {batch_size} {seed} {float(gtol)!r} {float(otol)!r}"]
         lines += [" ".join(repr(float(v)) for row in data[f.name] for v in row)
                   for f in program.fields]
         values = run_tool([str(binary)], cwd=workdir, stdin="\n".join(lines) + "\n").split()
         p = program.num_params
-        if len(values) != 5 + p:
-            raise ToolchainError(f"trainer printed {len(values)} values, expected {5 + p}")
-        return TrainingRun(int(values[0]), float(values[1]), float(values[2]), float(values[3]),
-                           tuple(map(float, values[4:4 + p])), float(values[4 + p]))
+        if len(values) < 11 + p:
+            raise ToolchainError(f"trainer printed {len(values)} values, expected more")
+        count = int(values[10 + p])
+        if len(values) != 11 + p + count * p:
+            raise ToolchainError(f"trainer printed {len(values)} values, expected "
+                                 f"{11 + p + count * p}")
+        trace = tuple(tuple(map(float, values[11 + p + i * p:11 + p + (i + 1) * p]))
+                      for i in range(count))
+        return TrainingRun(int(values[0]), float(values[6]), float(values[7]), float(values[8]),
+                           tuple(map(float, values[9:9 + p])), float(values[9 + p]),
+                           int(values[1]), int(values[2]), int(values[3]), float(values[4]),
+                           float(values[5]), trace)
 
     def run(self, program: Program, options: Mapping[str, Any], cases: Sequence[Case],
             workdir: Path) -> list[Result]:
