@@ -416,6 +416,53 @@ def test_csv_trainer_swift6_crlf_and_empty(two_models, tmp_path):
     assert empty.returncode == 2 and "has a header but no samples" in empty.stderr, empty
 
 
+#: A domain no default candidate reaches (x > 5): only the declared range makes it testable.
+SHIFTED_PROJECT = """\
+[project]
+name = "shifted"
+
+[parameters]
+a = 1.0
+
+[inputs]
+x = { range = [6, 9] }
+
+[targets]
+y = { range = [0.5, 2] }
+
+[model]
+prediction = "a*log(x - 5)"
+loss = "(prediction - log(y))**2"
+
+[backends.swift]
+"""
+
+
+def test_generated_tests_use_declared_ranges_first(tmp_path):
+    path = tmp_path / "shifted" / "project.toml"
+    path.parent.mkdir()
+    path.write_text(SHIFTED_PROJECT)
+    tests = gradforge.emit(gradforge.load_program(path), "swift")[
+        "Tests/ShiftedTests/ShiftedTests.swift"]
+    ranges = tests.split("candidateRanges: [[(Double, Double)]] = [", 1)[1]
+    assert ranges.lstrip().startswith("[(6.0, 9.0), (0.5, 2.0)],")
+
+
+@pytest.mark.toolchain
+def test_generated_tests_pass_inside_declared_ranges(swift, tmp_path):
+    """`swift test` on a model defined only for x > 5: the XCTests draw from `range`."""
+    path = tmp_path / "shifted" / "project.toml"
+    path.parent.mkdir()
+    path.write_text(SHIFTED_PROJECT)
+    gradforge.build(path, backends=["swift"])
+    package = path.parent / "build" / "swift" / "Shifted"
+    proc = swift_run(["swift", "test", *swiftpm_options(package, tmp_path / "scratch",
+                                                        tmp_path / "cache")])
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert re.search(r"Executed [1-9]\d* tests?, with 0 failures", output)
+
+
 # --------------------------------------------------------------- no toolchain needed
 
 @pytest.mark.parametrize("example", examples_for("swift"))

@@ -120,6 +120,9 @@ class Field:
     role: str                      # "input" | "target"
     shape: tuple[int, ...]
     symbols: tuple[sp.Symbol, ...]
+    #: the project's ``range = [low, high]`` (the model's domain for this field), if given;
+    #: generated self-tests draw their synthetic data from it
+    range: tuple[float, float] | None = None
 
     @property
     def size(self) -> int:

@@ -88,8 +88,11 @@ def lower(model: Model) -> Program:
         parameters.append(Parameter(p.name, p.shape, offset, p_spec.init, p.symbols,
                                     p_spec.lower or (-inf,) * n, p_spec.upper or (inf,) * n))
         offset += n
-    inputs = tuple(Field(f.name, "input", f.shape, f.symbols) for f in model.inputs)
-    targets = tuple(Field(f.name, "target", f.shape, f.symbols) for f in model.targets)
+    ranges = {f.name: f.range for f in (*spec.inputs, *spec.targets)}
+    inputs = tuple(Field(f.name, "input", f.shape, f.symbols, ranges.get(f.name))
+                   for f in model.inputs)
+    targets = tuple(Field(f.name, "target", f.shape, f.symbols, ranges.get(f.name))
+                    for f in model.targets)
     constants = tuple(Constant(c.name, c.default, s) for c, s in model.constants)
     t = spec.training
     return Program(

@@ -315,7 +315,7 @@ class _Context:
         """Candidate (low, high) per field for the XCTests' data: the project's declared
         ranges first (fields without one use [-1, 1]), then :data:`SYNTHETIC_RANGES`."""
         fields = self.program.fields
-        declared = [getattr(f, "range", None) for f in fields]
+        declared = [f.range for f in fields]
         candidates = []
         if any(declared):
             candidates.append([tuple(r) if r else (-1.0, 1.0) for r in declared])
