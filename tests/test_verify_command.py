@@ -223,8 +223,10 @@ def test_progress_on_a_terminal_and_silence_otherwise(tmp_path):
     project = copy_example("huber", tmp_path)
     code, out, err = _on_a_tty(["verify", str(project), "--backend", "numpy"], tmp_path)
     assert code == 0, out + err
-    for stage in ("differentiating", "reference: derivative check", "reference: case 1/3",
-                  "reference: case 3/3", "numpy (1/1): building and running 3 cases"):
+    for stage in ("differentiating", "preparing the 50-digit reference",
+                  "reference: derivative check, finite differences for parameter 1/5",
+                  "parameter 5/5", "reference: case 1/3", "reference: case 3/3",
+                  "numpy (1/1): building and running 3 cases"):
         assert stage in err, err
     assert "\r" in err                                     # one line, rewritten in place
     assert "pass" in out and "reference:" not in out       # results stay on stdout

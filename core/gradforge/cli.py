@@ -143,6 +143,7 @@ def cmd_verify(args) -> int:
         progress("differentiating")
         model = build_model(spec)          # parsed once: the IR and the reference share it
         program = lower(model)
+        progress("preparing the 50-digit reference (sympy.diff of each definition)")
         reference = Reference(model)
         data = None
         if args.data:

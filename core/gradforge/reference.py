@@ -9,7 +9,7 @@ again by hand. Backends are compared with these numbers, never with each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import mpmath
 import sympy as sp
@@ -236,11 +236,15 @@ class Reference:
         """∂J/∂θ by sympy.diff of each let, chained forward, at high precision."""
         return self._objective(case, gradient=True)[1]
 
-    def finite_difference_mp(self, case: Case, step: float = 1e-20):
-        """Central differences of J at high precision (truncation error ~ step²)."""
+    def finite_difference_mp(self, case: Case, step: float = 1e-20,
+                             progress: Callable[[int, int], None] | None = None):
+        """Central differences of J at high precision (truncation error ~ step²);
+        ``progress(i, n)`` is told before each parameter (2n objectives: the slow part)."""
         with mpmath.workdps(DIGITS):
             out = []
             for i in range(len(case.params)):
+                if progress is not None:
+                    progress(i, len(case.params))
                 plus = list(map(mpmath.mpf, case.params))
                 minus = list(plus)
                 h = mpmath.mpf(step) * max(1, abs(plus[i]))
@@ -297,9 +301,10 @@ class Reference:
             return str(exc)
         return None
 
-    def derivative_error(self, case: Case) -> float:
+    def derivative_error(self, case: Case,
+                         progress: Callable[[int, int], None] | None = None) -> float:
         """Largest |sympy.diff gradient − finite differences|, relative to the gradient's norm."""
         grad = self.gradient_mp(case)
-        fd = self.finite_difference_mp(case)
+        fd = self.finite_difference_mp(case, progress=progress)
         scale = max([abs(g) for g in grad] + [mpmath.mpf(1e-30)])
         return float(max(abs(a - b) for a, b in zip(grad, fd)) / scale) if grad else 0.0

@@ -131,9 +131,12 @@ def verify(spec: ProjectSpec, program: Program, backends: Sequence[Backend],
     say = progress or (lambda message: None)
     reference = reference or Reference(spec)
     cases = list(cases or make_cases(spec, in_domain=lambda c: not reference.domain_problem(c)))
-    say("reference: derivative check (sympy.diff vs finite differences)")
-    derivative_error = _in_domain(lambda: reference.derivative_error(cases[0]), spec, 0,
-                                  len(cases), domain_hint)
+    def fd_progress(i: int, n: int) -> None:
+        say(f"reference: derivative check, finite differences for parameter {i + 1}/{n}")
+
+    derivative_error = _in_domain(
+        lambda: reference.derivative_error(cases[0], progress=fd_progress if progress else None),
+        spec, 0, len(cases), domain_hint)
     expected = []
     for k, case in enumerate(cases):
         say(f"reference: case {k + 1}/{len(cases)} ({case.n} samples, 50 digits)")
