@@ -195,9 +195,8 @@ def cmd_explain(args) -> int:
         progress("differentiating")
         program = compile_project(spec)
         entries = len(program.loss_and_gradient.gradient)
-        progress(f"finding the shortest form of {entries if args.all else min(entries, 24)} "
-                 "gradient formulas")
-        text = report(program, None if args.all else 24)
+        progress(f"writing {entries} gradient entries as formulas")
+        text = report(program, None if args.all else 24, spec=spec)
     sys.stdout.write(text)
     return EXIT_OK
 
