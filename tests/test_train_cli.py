@@ -113,6 +113,20 @@ def test_shuffle_is_the_shared_fisher_yates(tmp_path):
         assert got == reference(n, seed & mask, 3)
 
 
+def test_c_shuffle_is_the_numpy_shuffle(cache):
+    """--backend c shuffles in C (gradforge_permutation): the module's permutation, epoch
+    after epoch (the generator's state carries over)."""
+    need_cc()
+    from gradforge.native import load_c_model
+    program = gradforge.load_program(TREND / "project.toml")
+    module, cmodel = numpy_module(program), load_c_model(program)
+    for n, seed in ((0, 1), (1, 3), (2, 0), (257, 7), (10_000, 2**64 - 1)):
+        a, b = module.SplitMix64(seed), module.SplitMix64(seed)
+        for _ in range(3):
+            assert cmodel.permutation(n, a).tolist() == module.permutation(n, b).tolist()
+        assert a.state == b.state
+
+
 def test_c_backend_follows_the_numpy_iterates(tmp_path, cache):
     need_cc()
     kw = dict(max_iterations=4, trace=True)

@@ -29,6 +29,37 @@ from .errors import ToolchainError
 
 FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-fPIC", "-shared")
 
+#: gradforge's epoch order (SplitMix64 + Fisher–Yates, as in every backend's trainer), compiled
+#: into the same library: a shuffle of 10⁷ samples takes ~0.1 s in C and ~10 s in Python.
+SHUFFLE_SOURCE = """\
+/* gradforge's shuffle for `gradforge train --backend c` (the generated trainers' algorithm). */
+#include <stddef.h>
+#include <stdint.h>
+
+void gradforge_permutation(uint64_t *state, size_t n, size_t *order);
+
+void gradforge_permutation(uint64_t *state, size_t n, size_t *order)
+{
+    size_t i;
+    for (i = 0; i < n; ++i) {
+        order[i] = i;
+    }
+    for (i = n > 0 ? n - 1 : 0; i > 0; --i) {
+        uint64_t z;
+        size_t j, swap;
+        *state += UINT64_C(0x9E3779B97F4A7C15);
+        z = *state;
+        z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+        z ^= z >> 31;
+        j = (size_t)(z % (uint64_t)(i + 1));
+        swap = order[i];
+        order[i] = order[j];
+        order[j] = swap;
+    }
+}
+"""
+
 
 def cache_root() -> Path:
     """The user cache folder for compiled libraries."""
@@ -57,6 +88,7 @@ def compile_library(files: Mapping[str, str], name: str) -> Path:
     """Compile ``files`` ({relative path: text}, the C backend's output) into a cached shared
     library; returns its path. Safe when several processes compile the same model at once."""
     cc = compiler()
+    files = {**files, "gradforge_shuffle.c": SHUFFLE_SOURCE}
     digest = hashlib.sha256()
     for key in (_compiler_id(cc), platform.machine(), " ".join(FLAGS)):
         digest.update(key.encode() + b"\0")
@@ -94,11 +126,11 @@ class CModel:
         self.T = ctypes.c_float if prog.precision == "float32" else ctypes.c_double
         self.dtype = numpy.float32 if prog.precision == "float32" else numpy.float64
         self.lib = ctypes.CDLL(str(self.library))
-        P = ctypes.POINTER(self.T)
-        self._P = P
+        P = ctypes.c_void_p        # arrays go in as their address (no ctypes cast per call)
+        self._P = ctypes.POINTER(self.T)
         # <name>_data: one pointer per field (inputs, then targets), then size_t n
         self.Data = type("Data", (ctypes.Structure,), {"_fields_": [
-            *((f"f{i}", P) for i in range(len(prog.fields))), ("n", ctypes.c_size_t)]})
+            *((f"f{i}", self._P) for i in range(len(prog.fields))), ("n", ctypes.c_size_t)]})
         consts = [(f"c{i}", self.T) for i in range(len(prog.constants))] or [("unused", ctypes.c_char)]
         self.Constants = type("Constants", (ctypes.Structure,), {"_fields_": consts})
         name = prog.name
@@ -109,13 +141,16 @@ class CModel:
         self._vgi = getattr(f, f"{name}_value_and_grad_indexed")
         self._vgi.restype = self.T
         self._vgi.argtypes = [P, ctypes.POINTER(self.Data), ctypes.POINTER(self.Constants),
-                              ctypes.POINTER(ctypes.c_size_t), ctypes.c_size_t, P]
+                              ctypes.c_void_p, ctypes.c_size_t, P]
         self._obj = getattr(f, f"{name}_objective")
         self._obj.restype = self.T
         self._obj.argtypes = [P, ctypes.POINTER(self.Data), ctypes.POINTER(self.Constants)]
         self._pred = getattr(f, f"{name}_predict")
         self._pred.restype = None
         self._pred.argtypes = [P, ctypes.POINTER(self.Data), ctypes.POINTER(self.Constants), P]
+        self._perm = f.gradforge_permutation
+        self._perm.restype = None
+        self._perm.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, ctypes.c_void_p]
 
     # -- arguments -------------------------------------------------------------------------
     def data(self, columns: Mapping[str, numpy.ndarray], n: int):
@@ -131,7 +166,7 @@ class CModel:
                 raise ValueError(f"field {f.name!r} must be a C-contiguous {self.dtype.__name__} "
                                  f"array (got {col.dtype}, contiguous={col.flags.c_contiguous})")
             keep.append(col)
-            pointers.append(col.ctypes.data_as(self._P))
+            pointers.append(ctypes.cast(col.ctypes.data, self._P))
         data = self.Data(*pointers, n)
         data._keep = keep
         return data
@@ -147,8 +182,9 @@ class CModel:
         known.update(values)
         return self.Constants(*(known[c.name] for c in self.program.constants))
 
-    def _ptr(self, array: numpy.ndarray):
-        return array.ctypes.data_as(self._P)
+    @staticmethod
+    def _ptr(array: numpy.ndarray) -> int:
+        return array.ctypes.data
 
     # -- calls -----------------------------------------------------------------------------
     def value_and_grad(self, theta: numpy.ndarray, data, constants=None,
@@ -161,12 +197,23 @@ class CModel:
 
     def value_and_grad_indexed(self, theta, data, index: numpy.ndarray, constants=None,
                                grad=None) -> tuple[float, numpy.ndarray]:
+        theta = numpy.ascontiguousarray(theta, dtype=self.dtype)
+        index = numpy.ascontiguousarray(index, dtype=numpy.uintp)
         grad = numpy.empty(self.program.num_params, dtype=self.dtype) if grad is None else grad
         c = ctypes.byref(constants) if constants is not None else None
         value = self._vgi(self._ptr(theta), ctypes.byref(data), c,
-                          index.ctypes.data_as(ctypes.POINTER(ctypes.c_size_t)), len(index),
+                          index.ctypes.data, len(index),
                           self._ptr(grad))
         return float(value), grad
+
+    def permutation(self, n: int, rng) -> numpy.ndarray:
+        """The epoch order for ``rng`` (the generated module's SplitMix64, advanced in place):
+        the same permutation as the module's ``permutation``, computed in C."""
+        state = ctypes.c_uint64(rng.state)
+        order = numpy.empty(n, dtype=numpy.uintp)
+        self._perm(ctypes.byref(state), n, order.ctypes.data)
+        rng.state = state.value
+        return order
 
     def objective(self, theta, data, constants=None) -> float:
         theta = numpy.ascontiguousarray(theta, dtype=self.dtype)

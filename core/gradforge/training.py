@@ -240,13 +240,13 @@ def _run_generated(module, evaluator, theta, s: _Settings, n: int, callback):
     rng = module.SplitMix64(s.seed)
     lower, upper = module.LOWER, module.UPPER
     full = s.batch_size == 0 or s.batch_size >= n
-    index_dtype = numpy.uintp if evaluator.name == "c" else numpy.intp
 
     def epoch(theta, grad, state, hyper):
         if full:
             return module._clip(module.optimizer_step(theta, grad, state, hyper), lower, upper)
         run.passes += 1.0
-        order = module.permutation(n, rng).astype(index_dtype, copy=False)
+        order = (evaluator.cm.permutation(n, rng) if evaluator.name == "c"
+                 else module.permutation(n, rng))
         for start in range(0, n, s.batch_size):
             _, batch_grad = evaluator.batch_value_and_grad(theta, order[start:start + s.batch_size])
             theta = module._clip(module.optimizer_step(theta, batch_grad, state, hyper),
