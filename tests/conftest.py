@@ -68,3 +68,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _examples_state() -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(ROOT)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted((ROOT / "examples").rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_EXAMPLES_KEY] = _examples_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The README's commands work in either order only if no test writes into examples/:
+    a run that changed it fails, naming what changed."""
+    before = session.config.stash.get(_EXAMPLES_KEY, None)
+    if before is None:
+        return
+    after = _examples_state()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (f"tests changed examples/ ({len(changed)} file(s), e.g. "
+                   f"{', '.join(changed[:3])}): a test must copy an example, never write there")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {message}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_EXAMPLES_KEY = pytest.StashKey[dict]()

@@ -197,6 +197,14 @@ def test_every_command_accepts_a_folder_holding_project_toml(tmp_path, monkeypat
     assert "has no project.toml" in err and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_train_and_predict_accept_a_folder_holding_project_toml(tmp_path, monkeypatch):
+    project = copy_example("trend", tmp_path)
+    monkeypatch.chdir(project.parent)
+    assert cli.main(["train", ".", "data.csv", "--quiet", "--params-out", "p.json"]) == 0
+    assert cli.main(["predict", ".", "data.csv", "--params", "p.json", "--out", "q.csv"]) == 0
+    assert (project.parent / "q.csv").exists()
+
+
 def test_python_dash_m_gradforge_runs_the_cli(tmp_path):
     project = copy_example("trend", tmp_path)
     done = subprocess.run([sys.executable, "-m", "gradforge", "build", str(project),
