@@ -130,7 +130,7 @@ CASES = {
                           ["project.toml:19:1: model.prediction", "division by zero",
                            "`delta/(x[0] - x[0])` at column 5"]),
     "log of zero": (('"abs(prediction - y)"', '"abs(prediction - y) + log(0)"'),
-                    ["project.toml:20:1: model.loss", "log(0) = zoo", "`log(0)` at column 23"]),
+                    ["project.toml:20:1: model.loss", "log(0) is infinite", "`log(0)` at column 23"]),
     "zero over zero": (('"abs(prediction - y)"', '"(y - y)/(y - y)*a"'),
                        ["model.loss", "undefined (0/0)", "at column 1"]),
     "sqrt of a negative constant": (('"a + dot(w, x)"', '"a + sqrt(-2)*x[0]"'),

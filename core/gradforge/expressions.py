@@ -510,10 +510,6 @@ class ExpressionParser:
         return Array(shape, tuple(op(*column) for column in zip(*columns)))
 
 
-#: What SymPy evaluates a singular constant to: c/0 → zoo, 0/0 → nan.
-_SINGULAR = frozenset({sp.zoo, sp.oo, -sp.oo, sp.nan})
-
-
 def _singular(value) -> str | None:
     """Why a freshly built value is undefined (None when it is fine): a division by zero or
     a function of a constant outside its domain (``log(0)``, ``sqrt(-1)``). Only the node and
@@ -531,8 +527,10 @@ def _singular(value) -> str | None:
         if isinstance(item, (sp.Function, sp.Pow)) and item.args \
                 and all(arg.is_number for arg in item.args):
             evaluated = item.func(*item.args)
-            if evaluated.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
-                return f"undefined ({item} = {evaluated})"
+            if evaluated.has(sp.nan):
+                return f"{item} is undefined"
+            if evaluated.has(sp.zoo, sp.oo, -sp.oo):
+                return f"{item} is infinite"
             if evaluated.is_extended_real is False:
                 return f"not a real number ({item} = {evaluated})"
     return None
