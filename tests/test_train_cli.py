@@ -320,3 +320,27 @@ def test_special_files_are_never_replaced(tmp_path, capsys):
     code, stdout, err = run(["train", TREND / "project.toml", TREND / "data.csv",
                              "--params-out", folder, "--quiet"], capsys)
     assert code == 2 and "not a regular file" in err and folder.is_dir()
+
+
+def test_progress_plain_and_rich():
+    import io
+    from gradforge.progress import Progress
+    plain = io.StringIO()
+    bar = Progress(3, "trend lbfgs", "plain", plain)
+    for i in range(1, 4):
+        bar.update(i, 1.0 / i, 0.1, validation=2.0)
+    bar.close()
+    lines = plain.getvalue().splitlines()
+    assert lines[0].startswith("trend lbfgs: iteration 1/3  objective 1  gradient norm 0.1")
+    assert "validation 2" in lines[0] and "ETA" in lines[0]
+    assert lines[-1].startswith("trend lbfgs: iteration 3/3  objective 0.333333")
+    fancy = io.StringIO()
+    bar = Progress(3, "trend lbfgs", "rich", fancy)
+    bar.update(3, 0.25, 0.01)
+    bar.close()
+    assert "J 0.25" in fancy.getvalue() and "3/3" in fancy.getvalue()
+    quiet = io.StringIO()
+    bar = Progress(3, "x", "quiet", quiet)
+    bar.update(1, 1.0, 1.0)
+    bar.close()
+    assert quiet.getvalue() == ""

@@ -397,6 +397,9 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
     valid = valid_eval = None
     cluster = None
     if engine == "dask":
+        if backend != "numpy":
+            raise GradforgeError("--engine dask runs the generated NumPy kernels on the workers; "
+                                 "drop --backend c")
         if first_order and settings.batch_size != 0:
             raise GradforgeError(
                 f"--engine dask runs full-batch methods only (mini-batches would need a global "
