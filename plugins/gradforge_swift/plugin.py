@@ -24,7 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (check_training, Backend, Case, Kernel, Namer, Optimizer, Option, Program,
+from gradforge.plugin_api import (check_training, Backend, BackendError, Case, Kernel, Namer,
+                                  Optimizer, Option, Program,
                                   ProjectError, Result, Toolchain, ToolchainError,
                                   TrainingSpec, build_optimizer, check_vocabulary,
                                   decode_results, encode_cases, find_tool, header_text,
@@ -124,6 +125,9 @@ def _chunks(items: list[str], size: int) -> list[str]:
 #: symmetric, positive (log, sqrt, division by a field), large positive, negative.
 SYNTHETIC_RANGES = ((-1.0, 1.0), (0.1, 1.0), (0.5, 2.0), (1.0, 3.0), (-1.0, -0.1))
 
+#: Samples are summed in blocks of this many, block partials in block order (docs/semantics.md).
+BLOCK_SIZE = 1024
+
 #: Small loss-and-gradient kernels get their sample loop unrolled by two (see kernels()).
 UNROLL_MAX_ACCUMULATORS = 16
 
@@ -139,6 +143,9 @@ class SwiftBackend(Backend):
         Option("metal", bool, False, "declare the Apple-only `<Name>Metal` target and library "
                                      "that [backends.metal] writes into this package when its "
                                      "`out` is the same folder"),
+        Option("threads", int, 1, "threads for the objective and gradient sums "
+                                  "(DispatchQueue.concurrentPerform): 1 = none, 0 = one per "
+                                  "online processor; results are bit-identical for every count"),
     )
 
     def output_names(self, program: Program, options: Mapping[str, Any]) -> dict[str, str]:
@@ -157,7 +164,11 @@ class SwiftBackend(Backend):
     def _files(self, program: Program, options: Mapping[str, Any], verify: bool) -> dict[str, str]:
         check_vocabulary(program, backend=self.name)
         check_training(program, self)
-        ctx = _Context(program, module_name(program, options))
+        threads = int(options.get("threads", 1))
+        if not 0 <= threads <= 256:
+            raise BackendError(f"backends.swift.threads must be between 0 and 256 (got "
+                               f"{threads}); 0 means one thread per online processor")
+        ctx = _Context(program, module_name(program, options), threads)
         files = {
             "Package.swift": ctx.render("Package.swift.j2", verify=verify,
                                         metal=upper_camel(program.name) + "Metal"
@@ -231,8 +242,9 @@ def swiftpm_options(package: Path, scratch: Path, cache: Path) -> list[str]:
 class _Context:
     """Everything the templates need, computed once per program."""
 
-    def __init__(self, program: Program, module: str):
+    def __init__(self, program: Program, module: str, threads: int = 1):
         self.program = program
+        self.threads = threads
         self.module = module
         self.scalar = "Double" if program.precision == "float64" else "Float"
         m = module
@@ -262,6 +274,7 @@ class _Context:
                       fields=self.fields(), constants=self.constants(),
                       has_regularizer=p.regularizer is not None,
                       kernels=self.kernels(), optimizers=self.optimizers(),
+                      threads=self.threads, block_size=BLOCK_SIZE,
                       default_optimizer=self.default_optimizer(),
                       training={"epochs": p.training.epochs,
                                 "batch_size": p.training.batch_size,
