@@ -105,6 +105,20 @@ def test_softplus_and_sigmoid_share_one_exp():
     assert sorted(calls) == ["exp", "log1p"]
 
 
+def test_a_difference_and_its_negation_are_one_value():
+    """y - p and p - y: one subtraction, the other is its negation (CSE sees -u and u)."""
+    program = gradforge.compile_project(gradforge.ProjectSpec.create(
+        name="m", parameters={"a": 0.5, "b": 0.1, "c": 0.2}, inputs={"x": {}},
+        targets={"y": {}}, prediction="a*x**2 + b*x + c",
+        loss="(y - prediction)**2 + exp(prediction - y)"))
+    for kernel in (program.loss, program.loss_and_gradient):
+        differences = [node for expr in kernel.expressions()
+                       for node in sp.preorder_traversal(expr)
+                       if isinstance(node, sp.Add) and {s.name for s in node.free_symbols}
+                       == {"prediction", "y"}]
+        assert len(differences) == 1, differences
+
+
 def test_reverse_mode_matches_sympy_diff_symbolically():
     model = build_model(mlp_spec(3, 2))
     line = reverse_gradient(model.lets, model.loss, model.parameter_symbols, model.namer)
