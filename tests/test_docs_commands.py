@@ -39,8 +39,6 @@ the block.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 import re
