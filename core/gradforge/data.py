@@ -199,6 +199,10 @@ def _numeric(array, path: Path, column: str, dtype, drop_invalid: bool, row_offs
     cell unless ``drop_invalid``."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    kind = array.type
+    if array.null_count == 0 and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+        # the common case: one copy, straight into the model's float type
+        return numpy.asarray(array.to_numpy(), dtype=dtype), None
     array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
     bad = None
     if pa.types.is_integer(array.type) or pa.types.is_floating(array.type) \

@@ -5,11 +5,12 @@ the C library compiled once and called through ctypes (``backend="c"``, see nati
 ``engine="dask"`` the per-sample sums run on a Dask cluster (dask_engine.py). Python only
 drives the loop, so NumPy, C and Dask follow the same iterates to rounding:
 
-* first-order optimizers (sgd, momentum, adam): one iteration is one epoch; mini-batches come
-  from gradforge's shared SplitMix64 Fisher–Yates shuffle, the update is the generated
-  ``optimizer_step``; full batch (``batch_size = 0``) is one step per iteration;
-* full-batch methods (lbfgs, levenberg_marquardt, where the generated module offers them) run
-  the generated module's own driver with value and gradient from the chosen backend/engine.
+* first-order optimizers (sgd, momentum, adam): the generated module's loop (``_first_order``:
+  one full evaluation per iteration for the stopping rules, then one epoch of steps);
+  mini-batches come from gradforge's shared SplitMix64 Fisher–Yates shuffle (computed in C for
+  ``backend="c"``), the update is the generated ``optimizer_step``;
+* full-batch methods (lbfgs, levenberg_marquardt) run the generated ``minimize`` with value
+  and gradient (or JᵀJ and Jᵀr) from the chosen backend/engine.
 
 A non-finite objective or gradient is never accepted: training stops with reason
 ``non_finite`` and the last finite parameters are kept.
@@ -22,7 +23,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy
 
@@ -190,14 +191,6 @@ class CEvaluator:
 
     def objective(self, theta):
         return self.cm.objective(theta, self.data, self.c)
-
-
-def _finite(value, grad) -> bool:
-    return bool(numpy.isfinite(value)) and bool(numpy.all(numpy.isfinite(grad)))
-
-
-def _norm(grad) -> float:
-    return float(numpy.max(numpy.abs(grad))) if len(grad) else 0.0
 
 
 # ----------------------------------------------------------------------------- the loops
