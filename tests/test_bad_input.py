@@ -139,6 +139,14 @@ CASES = {
                              '\n\n[training]'),
                             ["project.toml:24:1: model.definitions.u", "division by zero",
                              "`w[k]/0`"]),
+    "division by a definition that is zero": (
+        ('prediction = "a + dot(w, x)"',
+         'definitions.u = "x[1] - x[1]"\nprediction = "a/u + dot(w, x)"'),
+        ["project.toml:20:1: model.prediction", "division by zero", "`a/u` at column 1"]),
+    "log of a constant definition": (
+        ('prediction = "a + dot(w, x)"',
+         'definitions.u = "[0, 1, 2]"\nprediction = "a + dot(w, x) + log(u[0])"'),
+        ["model.prediction", "log(0) is infinite", "`log(u[0])` at column 17"]),
     # field ranges (for verify's random data)
     "range not a pair": (("x = { shape = [3] }", "x = { shape = [3], range = [1] }"),
                          ["project.toml:10:20: inputs.x.range", "two numbers"]),

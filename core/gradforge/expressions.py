@@ -196,8 +196,10 @@ class ExpressionParser:
 
     def __init__(self, names: Mapping[str, Value], key: str,
                  bind: Callable[[sp.Expr], sp.Symbol] | None = None,
-                 precision: str = "float64"):
+                 precision: str = "float64",
+                 constants: Mapping[sp.Symbol, sp.Expr] | None = None):
         self.names = dict(names)
+        self.constants = constants or {}     # let-bound names whose value is a number
         self.precision = precision
         self.key = key
         self.bind = bind
@@ -233,7 +235,7 @@ class ExpressionParser:
                             "listed functions")
         value = method(node, loops)
         if isinstance(node, (ast.BinOp, ast.Call, ast.UnaryOp)):
-            problem = _singular(value)
+            problem = _singular(value, self.constants)
             if problem:
                 raise self.fail(node, f"singular expression, {problem}",
                                 "rewrite it so that it is defined for every sample: no "
@@ -510,29 +512,39 @@ class ExpressionParser:
         return Array(shape, tuple(op(*column) for column in zip(*columns)))
 
 
-def _singular(value) -> str | None:
+def _singular(value, constants: Mapping[sp.Symbol, sp.Expr] | None = None) -> str | None:
     """Why a freshly built value is undefined (None when it is fine): a division by zero or
-    a function of a constant outside its domain (``log(0)``, ``sqrt(-1)``). Only the node and
-    its direct arguments are inspected, so checking every node stays linear."""
+    a function of a constant outside its domain (``log(0)``, ``sqrt(-1)``), also through a
+    definition whose value is a constant (``constants``: ``u = "x - x"`` then ``c/u``). Only
+    the node and its direct arguments are inspected, so checking every node stays linear."""
     for item in value.items if isinstance(value, Array) else (value,):
         if not isinstance(item, sp.Basic) or is_condition(item):
             continue
-        for part in (item, *item.args):     # identity tests: these are singletons
+        parts = (item, *item.args)
+        for part in parts:                  # identity tests: these are singletons
             if part is sp.zoo or part is sp.oo or part is sp.S.NegativeInfinity:
                 return "division by zero"
             if part is sp.nan:
                 return "undefined (0/0)"
             if part is sp.I:
                 return "not a real number"
-        if isinstance(item, (sp.Function, sp.Pow)) and item.args \
-                and all(arg.is_number for arg in item.args):
-            evaluated = item.func(*item.args)
+        for part in parts:
+            if not isinstance(part, (sp.Function, sp.Pow)) or not part.args:
+                continue
+            args = part.args
+            if constants and any(arg in constants for arg in args):
+                args = tuple(constants.get(arg, arg) for arg in args)
+            elif not all(arg.is_number for arg in args):
+                continue
+            evaluated = part.func(*args)
+            shown = part.func(*args, evaluate=False) if args != part.args else part
             if evaluated.has(sp.nan):
-                return f"{item} is undefined"
+                return f"{shown} is undefined"
             if evaluated.has(sp.zoo, sp.oo, -sp.oo):
-                return f"{item} is infinite"
+                return "division by zero" if isinstance(part, sp.Pow) and args[0] == 0 \
+                    else f"{shown} is infinite"
             if evaluated.is_extended_real is False:
-                return f"not a real number ({item} = {evaluated})"
+                return f"not a real number ({shown} = {evaluated})"
     return None
 
 

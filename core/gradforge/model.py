@@ -130,8 +130,9 @@ def build_model(spec: ProjectSpec) -> Model:
         return symbol
 
     def parser(key: str, table=None) -> ExpressionParser:
+        constants = {s: v for s, v in lets if isinstance(v, sp.Basic) and v.is_Number}
         return ExpressionParser(names if table is None else table, key, bind_operand,
-                                spec.precision)
+                                spec.precision, constants)
 
     sources = dict(spec.model.definitions)
     sources["prediction"] = spec.model.prediction
