@@ -70,7 +70,9 @@ class Backend:
     name: str = ""
     description: str = ""
     options: tuple[Option, ...] = ()
-    #: Comment syntax of the backend's files, used for the "generated" header check.
+    #: Comment syntax of the backend's files. Informational only: the core does not use it
+    #: (the header check finds the marker sentence in any syntax, docs/plugins.md); kept so
+    #: that plugins which set it keep working.
     comment_prefix: str = "//"
     #: Names the output must never take, each mapped to what it would hide: a generated module
     #: or header called ``numpy`` or ``math`` shadows the library for every file built beside
