@@ -14,6 +14,8 @@ from gradforge.project import ProjectSpec
 
 PARAMS = {"p": 0.3, "q": -0.7, "w": {"shape": [3], "init": [0.5, -0.25, 0.8]}}
 LEAVES = ["p", "q", "w[0]", "w[1]", "w[2]", "x[0]", "x[1]", "x[2]", "z", "y", "k"]
+#: The prediction reads inputs only (predict() takes no targets), so no `y` there.
+PREDICTION_LEAVES = [leaf for leaf in LEAVES if leaf != "y"]
 
 UNARY = [
     "abs({})", "sign({})*{}", "exp(tanh({}))", "exp(-({})**2)", "log(1 + ({})**2)",
@@ -36,16 +38,16 @@ def _fill(template: str, args: list[str]) -> str:
     return template.format(*(args * count)[:count])
 
 
-def expression_text(rng: random.Random, depth: int) -> str:
-    """A random expression of at most ``depth`` nested operations."""
+def expression_text(rng: random.Random, depth: int, leaves: list[str] = LEAVES) -> str:
+    """A random expression of at most ``depth`` nested operations over ``leaves``."""
     if depth == 0 or rng.random() < 0.2:
-        leaf = rng.choice(LEAVES + ["1.25", "0.5"])
+        leaf = rng.choice(leaves + ["1.25", "0.5"])
         return leaf
     if rng.random() < 0.45:
-        return _fill(rng.choice(UNARY), [expression_text(rng, depth - 1)])
-    return _fill(rng.choice(BINARY), [expression_text(rng, depth - 1),
-                                      expression_text(rng, depth - 1),
-                                      expression_text(rng, depth - 1)])
+        return _fill(rng.choice(UNARY), [expression_text(rng, depth - 1, leaves)])
+    return _fill(rng.choice(BINARY), [expression_text(rng, depth - 1, leaves),
+                                      expression_text(rng, depth - 1, leaves),
+                                      expression_text(rng, depth - 1, leaves)])
 
 
 def project_from_text(prediction: str, loss_term: str, name: str = "rnd",
@@ -65,8 +67,8 @@ def project_from_text(prediction: str, loss_term: str, name: str = "rnd",
 def random_project(seed: int, precision: str = "float64", depth: int = 4) -> ProjectSpec:
     rng = random.Random(seed)
     optimizer = ["sgd", "momentum", "adam"][seed % 3]
-    return project_from_text(expression_text(rng, depth), expression_text(rng, depth),
-                             name=f"rnd{seed}", precision=precision, optimizer=optimizer)
+    return project_from_text(expression_text(rng, depth, PREDICTION_LEAVES),
+                             expression_text(rng, depth), name=f"rnd{seed}", precision=precision, optimizer=optimizer)
 
 
 def _extend(children):
@@ -78,10 +80,14 @@ def _extend(children):
 
 #: Hypothesis strategy for expression text over the whole vocabulary (shrinks structurally).
 expressions = st.recursive(st.sampled_from(LEAVES + ["1.25", "0.5"]), _extend, max_leaves=10)
+#: The same over the leaves a prediction may read (no targets).
+prediction_expressions = st.recursive(st.sampled_from(PREDICTION_LEAVES + ["1.25", "0.5"]),
+                                      _extend, max_leaves=10)
 
 
 def projects(precision: str = "float64"):
     """Hypothesis strategy: a project around two random expression trees."""
     return st.builds(lambda pred, term, opt: project_from_text(pred, term, precision=precision,
                                                                optimizer=opt),
-                     expressions, expressions, st.sampled_from(["sgd", "momentum", "adam"]))
+                     prediction_expressions, expressions,
+                     st.sampled_from(["sgd", "momentum", "adam"]))

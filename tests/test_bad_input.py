@@ -96,6 +96,8 @@ CASES = {
     "attribute access": (('"a + dot(w, x)"', '"a.real + dot(w, x)"'),
                          ["model.prediction", "attribute access", "a.real"]),
     "lambda": (('"a + dot(w, x)"', '"(lambda: 1)() + a"'), ["model.prediction", "lambda"]),
+    "prediction reads a target": (('"a + dot(w, x)"', '"a*y + dot(w, x)"'),
+                                  ["model.prediction", "may not use the target(s) y"]),
     "unknown name": (('"a + dot(w, x)"', '"aa + dot(w, x)"'),
                      ["unknown name 'aa'", "did you mean 'a'"]),
     "unknown function": (('"a + dot(w, x)"', '"a + dott(w, x)"'),

@@ -172,6 +172,16 @@ def build_model(spec: ProjectSpec) -> Model:
         items = value.items if isinstance(value, Array) else (value,)
         residuals = tuple(sp.Integer(v) if isinstance(v, int) else v for v in items)
 
+    # predict() takes inputs only (every backend): the prediction may not read a target.
+    needed = lets_needed(lets, prediction)
+    leaves = set().union(*(v.free_symbols for _, v in needed)) - {s for s, _ in needed}
+    read = sorted(str(s) for s in leaves & {s for t in targets for s in t.symbols})
+    if read:
+        raise ProjectError(f"the prediction may not use the target(s) {', '.join(read)}",
+                           key="model.prediction",
+                           hint="compare the prediction with targets in the loss or a definition "
+                                "the prediction does not use")
+
     used = loss.free_symbols.union(*(v.free_symbols for _, v in lets_needed(lets, loss)))
     if not used & {s for p in parameters for s in p.symbols} and regularization is None:
         raise ProjectError("the loss does not depend on any parameter", key="model.loss")
