@@ -161,7 +161,7 @@ def test_init_writes_a_project_that_builds(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("folder, name", [("my model", "my_model"), ("3d", "model_3d"),
                                           ("curve-fit", "curve_fit"), ("été", "t"),
-                                          ("__", "model")])
+                                          ("__", "model"), ("numpy", "numpy_model")])
 def test_init_names_a_project_after_its_folder_as_documented(tmp_path, folder, name, capsys):
     assert cli.main(["init", str(tmp_path / folder)]) == 0
     text = (tmp_path / folder / "project.toml").read_text()
@@ -174,6 +174,9 @@ def test_init_refuses_an_invalid_name_instead_of_renaming_it(tmp_path, name, cap
     assert cli.main(["init", str(tmp_path / "p"), "--name", name]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--name" in err and "not a valid project name" in err
+    assert cli.main(["init", str(tmp_path / "p"), "--name", "math"]) == 2   # hides <math.h>
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'math' cannot be used" in err and "math_model" in err
     assert not (tmp_path / "p" / "project.toml").exists()
     assert cli.main(["init", str(tmp_path / "q"), "--name", "my_model"]) == 0
     assert 'name = "my_model"' in (tmp_path / "q" / "project.toml").read_text()

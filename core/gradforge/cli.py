@@ -126,9 +126,9 @@ def cmd_verify(args) -> int:
     from .lower import lower
     from .model import build_model
     from .plugins import load_registry
-    from .status_line import StatusLine
     from .project import load_project
     from .reference import Reference
+    from .status_line import StatusLine
     from .verification import make_cases, rows, verify
     with StatusLine() as progress:
         progress("reading the project")

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 from .errors import ProjectError
-from .project import IDENTIFIER
+from .project import IDENTIFIER, parse_project
 
 TEMPLATE = '''\
 # A gradforge project: a model whose loss is summed or averaged over samples, and the
@@ -66,14 +67,22 @@ def sanitized_name(text: str) -> str:
 
 def write_starter(folder: Path, name: str | None = None) -> tuple[Path, str]:
     """Write ``folder/project.toml``; never overwrites an existing file. Returns the path and
-    the project name (``name``, which must be a valid name, or one derived from the folder)."""
+    the project name: ``name``, which must be a valid name, or one derived from the folder
+    (:func:`sanitized_name`, plus ``_model`` where a backend would refuse it, e.g. a folder
+    called ``numpy``)."""
     folder = Path(folder)
     if name is None:
         name = sanitized_name(folder.resolve().name)
+        if _refusal(name) is not None:
+            name = f"{name}_model"
     elif not IDENTIFIER.match(name):
         raise ProjectError(f"{name!r} is not a valid project name", key="--name",
                            hint="use letters, digits and '_', starting with a letter, "
                                 f"e.g. --name {sanitized_name(name)}")
+    refused = _refusal(name)
+    if refused is not None:
+        raise ProjectError(f"project name {name!r} cannot be used: {refused.message}",
+                           key="--name", hint=f"e.g. --name {name}_model")
     path = folder / "project.toml"
     if path.exists():
         raise ProjectError("already exists", file=str(path),
@@ -81,3 +90,21 @@ def write_starter(folder: Path, name: str | None = None) -> tuple[Path, str]:
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(TEMPLATE.format(name=name), encoding="utf-8")
     return path, name
+
+
+def _refusal(name: str) -> ProjectError | None:
+    """Why the starter project called ``name`` would not build (a backend refusing a name
+    that hides a library, such as ``numpy`` or ``math``), or None."""
+    from .backend import check_output_names
+    from .lower import compile_project
+    from .plugins import load_registry
+    spec = parse_project(tomllib.loads(TEMPLATE.format(name=name)))
+    program = compile_project(spec)
+    registry = load_registry()
+    try:
+        for request in spec.backends:
+            backend = registry.backend(request.name)
+            check_output_names(backend, program, backend.resolve_options(dict(request.options)))
+    except ProjectError as err:
+        return err
+    return None
