@@ -344,3 +344,22 @@ def test_progress_plain_and_rich():
     bar.update(1, 1.0, 1.0)
     bar.close()
     assert quiet.getvalue() == ""
+
+
+def test_c_backend_runs_the_generated_c_trainer(cache):
+    """With a C trainer for the project's optimizer, the whole run is <name>_train (callback
+    per iteration through ctypes); Levenberg–Marquardt included."""
+    need_cc()
+    from gradforge.native import load_c_model
+    assert load_c_model(gradforge.load_program(DECAY / "project.toml")).can_train
+    kw = dict(max_iterations=10, trace=True)
+    a = gradforge.train(DECAY / "project.toml", DECAY / "data.csv", backend="numpy", **kw)
+    b = gradforge.train(DECAY / "project.toml", DECAY / "data.csv", backend="c", **kw)
+    assert a.optimizer == b.optimizer == "levenberg_marquardt"
+    assert (a.reason, a.iterations, a.evaluations, a.passes) == \
+        (b.reason, b.iterations, b.evaluations, b.passes)
+    for x, y in zip(a.trace, b.trace):
+        numpy.testing.assert_allclose(y, x, rtol=1e-9, atol=1e-12)
+    stop = gradforge.train(DECAY / "project.toml", DECAY / "data.csv", backend="c",
+                           callback=lambda it: it.iteration == 2)
+    assert stop.reason == "callback" and stop.iterations == 2

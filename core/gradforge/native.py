@@ -148,6 +148,31 @@ class CModel:
         self._pred = getattr(f, f"{name}_predict")
         self._pred.restype = None
         self._pred.argtypes = [P, ctypes.POINTER(self.Data), ctypes.POINTER(self.Constants), P]
+        self.can_train = hasattr(f, "gradforge_train")
+        if self.can_train:
+            self.Report = type("Report", (ctypes.Structure,), {"_fields_": [
+                ("iterations", ctypes.c_ulong), ("evaluations", ctypes.c_ulong),
+                ("passes", ctypes.c_ulong), ("objective", self.T),
+                ("gradient_norm", self.T), ("reason", ctypes.c_int)]})
+            self.Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(self.Report),
+                                             ctypes.c_void_p)
+            self._train = f.gradforge_train
+            self._train.restype = ctypes.c_int
+            self._train.argtypes = [P, ctypes.POINTER(self.Data), ctypes.POINTER(self.Constants),
+                                    ctypes.c_ulong, ctypes.c_double, ctypes.c_double,
+                                    ctypes.c_void_p, ctypes.c_void_p, self.Callback,
+                                    ctypes.c_void_p, ctypes.POINTER(self.Report)]
+            f.gradforge_workspace_size.restype = ctypes.c_size_t
+            self.workspace_size = int(f.gradforge_workspace_size())
+            self._stop_name = getattr(f, f"{name}_stop_name")
+            self._stop_name.restype = ctypes.c_char_p
+            self._stop_name.argtypes = [ctypes.c_int]
+        self.can_normal_equations = hasattr(f, f"{name}_normal_equations")
+        if self.can_normal_equations:
+            self._normal = getattr(f, f"{name}_normal_equations")
+            self._normal.restype = self.T
+            self._normal.argtypes = [P, ctypes.POINTER(self.Data),
+                                     ctypes.POINTER(self.Constants), P, P]
         self._perm = f.gradforge_permutation
         self._perm.restype = None
         self._perm.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, ctypes.c_void_p]
@@ -206,6 +231,16 @@ class CModel:
                           self._ptr(grad))
         return float(value), grad
 
+    def normal_equations(self, theta, data, constants=None):
+        """(F, JᵀJ, Jᵀr) from ``<name>_normal_equations`` (Levenberg–Marquardt)."""
+        theta = numpy.ascontiguousarray(theta, dtype=self.dtype)
+        P = self.program.num_params
+        jtj, jtr = numpy.empty((P, P), dtype=self.dtype), numpy.empty(P, dtype=self.dtype)
+        c = ctypes.byref(constants) if constants is not None else None
+        value = self._normal(self._ptr(theta), ctypes.byref(data), c, self._ptr(jtj),
+                             self._ptr(jtr))
+        return float(value), jtj, jtr
+
     def permutation(self, n: int, rng) -> numpy.ndarray:
         """The epoch order for ``rng`` (the generated module's SplitMix64, advanced in place):
         the same permutation as the module's ``permutation``, computed in C."""
@@ -214,6 +249,47 @@ class CModel:
         self._perm(ctypes.byref(state), n, order.ctypes.data)
         rng.state = state.value
         return order
+
+    def train(self, theta, data, constants=None, *, max_iterations: int,
+              gradient_tolerance: float, objective_tolerance: float,
+              on_iteration=None) -> tuple[numpy.ndarray, dict]:
+        """Run ``<name>_train`` (the project's optimizer, batch size and seed as generated) on
+        a copy of ``theta``; ``on_iteration(theta_now, report_dict)`` runs after every
+        iteration and stops training by returning True. Returns (theta, report dict)."""
+        theta = numpy.array(theta, dtype=self.dtype, copy=True)
+        work = numpy.zeros(self.workspace_size + 64, dtype=numpy.uint8)
+        address = work.ctypes.data + (-work.ctypes.data) % 64      # 64-byte aligned
+        index = numpy.empty(max(data.n, 1), dtype=numpy.uintp)
+        report = self.Report()
+        failure = []
+
+        def fields(r) -> dict:
+            return {"iterations": r.iterations, "evaluations": r.evaluations,
+                    "passes": r.passes, "objective": float(r.objective),
+                    "gradient_norm": float(r.gradient_norm)}
+
+        def ask(so_far, _ctx):
+            if on_iteration is None:
+                return 0
+            try:
+                return 1 if on_iteration(theta, fields(so_far.contents)) else 0
+            except BaseException as err:        # never unwind through C: stop, re-raise after
+                failure.append(err)
+                return 1
+
+        callback = self.Callback(ask)
+        c = ctypes.byref(constants) if constants is not None else None
+        status = self._train(self._ptr(theta), ctypes.byref(data), c, int(max_iterations),
+                             float(gradient_tolerance), float(objective_tolerance),
+                             index.ctypes.data, address, callback, None, ctypes.byref(report))
+        if failure:
+            raise failure[0]
+        if status < 0:
+            raise ValueError(f"{self.program.name}_train refused to start (status {status}): "
+                             f"the initial parameters are outside the bounds")
+        out = fields(report)
+        out["reason"] = self._stop_name(status).decode()
+        return theta, out
 
     def objective(self, theta, data, constants=None) -> float:
         theta = numpy.ascontiguousarray(theta, dtype=self.dtype)
@@ -243,9 +319,66 @@ def evaluation_program(program):
     return dataclasses.replace(program, training=training, parameters=parameters)
 
 
+FIRST_ORDER = ("sgd", "momentum", "adam")
+
+
+def train_helper_source(program) -> str:
+    """A small C file compiled with the generated library: ``gradforge_train`` fills the
+    options struct (whose layout depends on the method) from plain arguments and runs
+    ``<name>_train``; ``gradforge_workspace_size`` tells ctypes how much to allocate."""
+    p = program.name
+    T = "float" if program.precision == "float32" else "double"
+    first = getattr(program.training, "method", "sgd") in FIRST_ORDER
+    return f"""\
+/* gradforge train --backend c: <name>_train called from Python through ctypes. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "{p}.h"
+
+size_t gradforge_workspace_size(void);
+int gradforge_train({T} *params, const {p}_data *d, const {p}_constants *c,
+                    unsigned long max_iterations, double gradient_tolerance,
+                    double objective_tolerance, size_t *index, {p}_workspace *work,
+                    {p}_callback on_iteration, void *ctx, {p}_report *report);
+
+size_t gradforge_workspace_size(void)
+{{
+    return sizeof({p}_workspace);
+}}
+
+int gradforge_train({T} *params, const {p}_data *d, const {p}_constants *c,
+                    unsigned long max_iterations, double gradient_tolerance,
+                    double objective_tolerance, size_t *index, {p}_workspace *work,
+                    {p}_callback on_iteration, void *ctx, {p}_report *report)
+{{
+    {p}_train_options options = {p}_default_train_options();
+    options.max_iterations = max_iterations;
+    options.gradient_tolerance = ({T})gradient_tolerance;
+    options.objective_tolerance = ({T})objective_tolerance;
+{"    options.index = index;" if first else "    (void)index;"}
+    {p}_workspace_init(work);
+    return {p}_train(params, d, c, &options, work, on_iteration, ctx, report);
+}}
+"""
+
+
 def load_c_model(program, files: Mapping[str, str] | None = None) -> CModel:
-    """Emit (unless ``files`` are given), compile once (cached) and open the C library."""
+    """Emit (unless ``files`` are given), compile once (cached) and open the C library.
+
+    When the C backend trains with the project's optimizer, the library includes its
+    ``<name>_train`` (and ``CModel.can_train`` is true); otherwise it is built for evaluation
+    only (see :func:`evaluation_program`) and the Python driver runs the optimizer."""
+    from .api import emit
+    from .errors import BackendError
     if files is None:
-        from .api import emit
-        files = emit(evaluation_program(program), "c")
+        try:
+            files = dict(emit(program, "c"))
+        except BackendError:
+            files = None
+        if files is not None and any("_train_options" in text for rel, text in files.items()
+                                     if rel == f"{program.name}.h"):
+            files["gradforge_train.c"] = train_helper_source(program)
+        elif files is None:
+            files = emit(evaluation_program(program), "c")
     return CModel(compile_library(files, program.name), program)

@@ -192,6 +192,9 @@ class CEvaluator:
     def objective(self, theta):
         return self.cm.objective(theta, self.data, self.c)
 
+    def normal_equations(self, theta):
+        return self.cm.normal_equations(theta, self.data, self.c)
+
 
 # ----------------------------------------------------------------------------- the loops
 
@@ -251,6 +254,24 @@ def _run_generated(module, evaluator, theta, s: _Settings, n: int, callback):
     theta, value, grad, reason = module._first_order(evaluator.value_and_grad, theta, run,
                                                      epoch, s.hyper)
     return run.report(theta, value, run.projected_norm(theta, grad), reason)
+
+
+def _run_c_train(module, evaluator, theta, s: _Settings, on_iteration):
+    """The whole run inside the generated C ``<name>_train`` (the optimizer, shuffle and
+    mini-batches in C; Python only sees the per-iteration callback)."""
+    if numpy.any(theta < module.LOWER) or numpy.any(theta > module.UPPER):
+        raise GradforgeError("the initial parameters are outside the project's bounds")
+
+    def report(theta_now, r, reason=None):
+        return module.Report(module.unflatten(theta_now), s.optimizer, reason, r["iterations"],
+                             r["evaluations"], float(r["passes"]), r["objective"],
+                             r["gradient_norm"])
+
+    theta, r = evaluator.cm.train(
+        theta, evaluator.data, evaluator.c, max_iterations=s.max_iterations,
+        gradient_tolerance=s.gradient_tolerance, objective_tolerance=s.objective_tolerance,
+        on_iteration=lambda theta_now, r: on_iteration(report(theta_now, r)))
+    return report(theta, r, r["reason"])
 
 
 # ----------------------------------------------------------------------------- train
@@ -413,12 +434,12 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
                                  settings.seed if validation_seed is None else validation_seed)
         n = train_set.n
         if backend == "c":
-            if settings.optimizer == "levenberg_marquardt":
-                raise GradforgeError("--backend c has no residual/Jacobian kernels for "
-                                     "levenberg_marquardt yet; use --backend numpy (or "
-                                     "--optimizer lbfgs with --backend c)")
             from .native import load_c_model
             cmodel = load_c_model(program)
+            if settings.optimizer == "levenberg_marquardt" and not cmodel.can_normal_equations:
+                raise GradforgeError("this C backend has no normal-equation kernels for "
+                                     "levenberg_marquardt; use --backend numpy (or "
+                                     "--optimizer lbfgs with --backend c)")
             evaluator = CEvaluator(cmodel, train_set, constants)
             valid_eval = CEvaluator(cmodel, valid, constants) if valid is not None else None
         else:
@@ -445,7 +466,10 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
     quiet_overflow = numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
     quiet_overflow.__enter__()
     try:
-        report = _run_generated(module, evaluator, theta, settings, n, on_iteration)
+        if (evaluator.name == "c" and evaluator.cm.can_train and not hyperparameters):
+            report = _run_c_train(module, evaluator, theta, settings, on_iteration)
+        else:
+            report = _run_generated(module, evaluator, theta, settings, n, on_iteration)
     finally:
         quiet_overflow.__exit__(None, None, None)
         bar.close()
