@@ -47,10 +47,12 @@ func = { shape = [2], init = [0.1, -0.2] }
 gradient = 0.3
 Type = 0.2
 count = 0.1
+shapeProblem = 0.2
 
 [inputs]
 let = { shape = [2] }
 Double = {}
+inputs = {}
 
 [targets]
 struct = {}
@@ -63,7 +65,7 @@ flat = 0.01
 var = "self*let[0] + func[0]*let[1] + func[1]*Double"
 
 [model]
-prediction = "var + gradient*tanh(Type*Double) + count"
+prediction = "var + gradient*tanh(Type*Double) + count + shapeProblem*inputs"
 loss = "where(abs(prediction - struct) <= static, 0.5*(prediction - struct)**2, static*(abs(prediction - struct) - 0.5*static))"
 regularization = "flat*(self**2 + dot(func, func))"
 reduction = "sum"
@@ -234,8 +236,8 @@ def test_keywords_project_compiles_everywhere(built, tmp_path):
                       "--target", "KeywordsTests", "-Xswiftc", "-warnings-as-errors"])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     trainer = build_trainer(program, workdir)
-    rows = ["let[0],let[1],Double,struct"] + [
-        f"{0.1 * k:.2f},{0.3 - 0.05 * k:.2f},{0.02 * k * k:.3f},{1 - 0.1 * k:.2f}"
+    rows = ["let[0],let[1],Double,inputs,struct"] + [
+        f"{0.1 * k:.2f},{0.3 - 0.05 * k:.2f},{0.02 * k * k:.3f},{0.5 - 0.1 * k:.2f},{1 - 0.1 * k:.2f}"
         for k in range(9)]
     data_csv = tmp_path / "keywords.csv"
     data_csv.write_text("\n".join(rows) + "\n")
@@ -243,7 +245,7 @@ def test_keywords_project_compiles_everywhere(built, tmp_path):
     assert out.returncode == 0, out.stderr
     initial, final, params = parse_trainer(out.stdout)
     assert final < initial
-    assert set(params) == {"self_", "func_", "gradient_", "Type_", "count_"}
+    assert set(params) == {"self_", "func_", "gradient_", "Type_", "count_", "shapeProblem_"}
     missing = swift_run([trainer, data_csv, "--constant", "nope=1"])
     assert missing.returncode == 2 and "unknown constant nope" in missing.stderr
 
@@ -519,7 +521,7 @@ def test_keywords_are_escaped(tmp_path):
     files = gradforge.emit(gradforge.compile_project(spec), "swift")
     library = files["Sources/Keywords/Keywords.swift"]
     for name in ("self_", "func_", "gradient_", "Type_", "count_", "let_", "Double_", "struct_",
-                 "static_", "flat_"):
+                 "static_", "flat_", "inputs_", "shapeProblem_"):
         assert f"public var {name}:" in library or f"internal(set) var {name}:" in library, name
     assert not re.search(r"\bvar (self|func|Type|let|struct|static):", library)
 

@@ -56,7 +56,7 @@ SWIFT_GLOBALS = frozenset("""
 MEMBER_NAMES = frozenset("""
     flat scalarCount count description encode decode CodingKeys hash hashValue gradient value
     step reset parameters data constants optimizer epochs batchSize seed learningRate
-    predictions objective predict train modelHash paramsJSON write
+    predictions objective predict train modelHash paramsJSON write inputs shapeProblem
 """.split())
 
 #: Module names that would shadow a system module or a standard type (refused by the core).
