@@ -240,7 +240,7 @@ def test_explain_shows_progress_only_on_a_terminal(tmp_path):
     project = copy_example("mlp", tmp_path)
     code, out, err = _on_a_tty(["explain", str(project)], tmp_path)
     assert code == 0, out + err
-    assert "differentiating" in err and "shortest form of 24 gradient formulas" in err, err
+    assert "differentiating" in err and "gradient entries as formulas" in err, err
     assert "∂ℓ/∂" in out and "differentiating" not in out
     piped = gradforge("explain", project, cwd=tmp_path)
     assert piped.returncode == 0 and piped.stderr == "" and piped.stdout == out
