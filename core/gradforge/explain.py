@@ -553,19 +553,22 @@ def _instantiate(template, index: tuple[int, ...], letters, names: _Names):
     return template.xreplace(mapping)
 
 
-def _group(shape: tuple[int, ...], values: list, names: _Names, taken: set[str]):
-    """One template for all ``values`` of an array of ``shape`` (row-major), or None."""
+def _group(shape: tuple[int, ...], values: list, names: _Names, taken: set[str],
+           best=lambda expr: expr, same=None):
+    """One template for all ``values`` of an array of ``shape`` (row-major), or None. The
+    template is ``best`` of one entry (its shortest form); every entry is then checked
+    against it by value, so only the representative pays for the search of a short form."""
     indices = list(itertools.product(*(range(n) for n in shape)))
     letters = _index_letters(len(shape), taken)
     if len(indices) < 2 or len(values) != len(indices) or all(v == 0 for v in values):
         return None
     tried = set()
     for k in reversed(range(len(indices))):          # the last entry first: distinct indices
-        template = _template(values[k], indices[k], letters, names)
+        template = _template(best(values[k]), indices[k], letters, names)
         if template is None or template in tried:
             continue
         tried.add(template)
-        if all(_matches(_instantiate(template, index, letters, names), value)
+        if all(_matches(_instantiate(template, index, letters, names), value, same)
                for index, value in zip(indices, values)):
             return template, letters
         if len(tried) >= 3:
@@ -573,8 +576,8 @@ def _group(shape: tuple[int, ...], values: list, names: _Names, taken: set[str])
     return None
 
 
-def _matches(candidate, value) -> bool:
-    return candidate is not None and (candidate == value or agree(candidate, value))
+def _matches(candidate, value, same=None) -> bool:
+    return candidate is not None and (candidate == value or (same or agree)(candidate, value))
 
 
 # --------------------------------------------------------------------------- printing
@@ -692,12 +695,14 @@ class Explanation:
     """What ``gradforge explain`` prints, as data."""
 
     definitions: list[str]      # "z = dot(w, x) + b", the user's lets, ℓ and R
-    formulas: list[Formula]     # every gradient line (grouped arrays are one line)
+    formulas: list[Formula]     # the gradient lines shown (a grouped array is one line)
+    hidden: int = 0             # lines beyond the limit, not computed
 
 
-def explain(program: Program, spec=None) -> Explanation:
+def explain(program: Program, spec=None, limit: int | None = None) -> Explanation:
     """The readable gradient of ``program`` (``spec``: its project, for the user's own text
-    of definitions, prediction, loss and regularization)."""
+    of definitions, prediction, loss and regularization): at most ``limit`` gradient lines
+    are worked out, the others only counted."""
     user_definitions = [name for name, _ in spec.model.definitions] if spec is not None else []
     names = _Names(program, user_definitions if spec is not None else None)
     if spec is not None:
@@ -729,15 +734,27 @@ def explain(program: Program, spec=None) -> Explanation:
     # terms of prediction = sigmoid(z) has the gradient (prediction - y)*x)
     sigmoid_lets = {s: v for s, v in let_values.items()
                     if isinstance(v, AppliedUndef) and v.func == sigmoid}
-    done: list[tuple[str, int, sp.Expr]] = []
-    for of, i, expr in raw:
-        folded = through_sigmoid(folder.fold(expr))
-        extra = []
-        used = {s: v for s, v in sigmoid_lets.items() if s in folded.free_symbols}
-        if used:
-            inlined = through_sigmoid(folded.xreplace(used))
-            extra.append(inlined.xreplace({v: s for s, v in used.items()}))
-        done.append((of, i, pull_common_factors(shortest(folded, extra))))
+    done = [(of, i, through_sigmoid(folder.fold(expr))) for of, i, expr in raw]
+    chosen: dict[sp.Expr, sp.Expr] = {}
+    over_leaves: dict[sp.Symbol, sp.Expr] = {}
+    for symbol, value in let_values.items():
+        over_leaves[symbol] = value.xreplace(over_leaves)
+
+    def same(a, b) -> bool:
+        """Equal as written, or once the definitions are substituted ((prediction - y)*x
+        is the cross-entropy gradient because prediction = sigmoid(z))."""
+        return agree(a, b) or agree(a.xreplace(over_leaves), b.xreplace(over_leaves))
+
+    def best(expr):
+        """The shortest form of one entry (memoized: the search costs a SymPy simplify)."""
+        if expr not in chosen:
+            extra = []
+            used = {s: v for s, v in sigmoid_lets.items() if s in expr.free_symbols}
+            if used:
+                inlined = through_sigmoid(expr.xreplace(used))
+                extra.append(inlined.xreplace({v: s for s, v in used.items()}))
+            chosen[expr] = pull_common_factors(shortest(expr, extra))
+        return chosen[expr]
 
     # name a sum of parameter terms that repeats (the linear part the user did not name)
     taken = {s.name for s in program.leaf_kind()} | {s.name for s in let_values} | \
@@ -764,26 +781,35 @@ def explain(program: Program, spec=None) -> Explanation:
         done = [(of, i, _replace_sum(e, total, symbol)) for of, i, e in done]
 
     printer = MathPrinter(names.text())
-    formulas: list[Formula] = []
+    lines: list = []            # Formula, or (label, entry) still to be worked out
     for of in ("ℓ", "R"):
         entries = {i: e for o, i, e in done if o == of}
         for p in program.parameters:
             mine = {i: e for i, e in entries.items() if p.offset <= i < p.offset + p.size}
             if not mine:
                 continue
+            if limit and len(lines) >= limit:
+                lines += [None] * len(mine)        # past the cut: counted, not worked out
+                continue
             values = [mine.get(p.offset + k, sp.Integer(0)) for k in range(p.size)]
-            grouped = _group(p.shape, values, names, taken) if p.shape else None
+            grouped = _group(p.shape, values, names, taken, best, same) if p.shape else None
             if grouped is not None:
                 template, letters = grouped
                 text = printer.doprint(_fold_dots(template, names))
                 ranges = " ".join(f"for {c} in range({n})" for c, n in zip(letters, p.shape))
-                formulas.append(Formula(f"∂{of}/∂{p.name}[{', '.join(letters)}]", text,
-                                        int(sp.count_ops(template)), ranges))
+                lines.append(Formula(f"∂{of}/∂{p.name}[{', '.join(letters)}]", text,
+                                     int(sp.count_ops(template)), ranges))
                 continue
-            for i, e in sorted(mine.items()):
-                formulas.append(Formula(_label(program, i, of),
-                                        printer.doprint(_fold_dots(e, names)),
-                                        int(sp.count_ops(e))))
+            lines += [(_label(program, i, of), e) for i, e in sorted(mine.items())]
+    shown = lines[:limit] if limit else lines
+    formulas = []
+    for line in shown:
+        if not isinstance(line, Formula):
+            label, expr = line
+            expr = best(expr)
+            line = Formula(label, printer.doprint(_fold_dots(expr, names)),
+                           int(sp.count_ops(expr)))
+        formulas.append(line)
 
     definitions = [f"{s.name} = {printer.doprint(_fold_dots(v, names))}" for s, v in auto]
     guard_lines = [f"{s.name} = {printer.doprint(_fold_dots(v, names))}"
@@ -821,7 +847,7 @@ def explain(program: Program, spec=None) -> Explanation:
             definitions.append(f"{printer.doprint(symbol)} = "
                                f"{printer.doprint(_fold_dots(value, names))}")
         definitions += guard_lines
-    return Explanation(definitions, formulas)
+    return Explanation(definitions, formulas, len(lines) - len(shown))
 
 
 def _fresh(taken: set[str]) -> str:
@@ -861,14 +887,14 @@ def _label(program: Program, index: int, of: str) -> str:
 
 def formulas(program: Program, limit: int | None = DEFAULT_LIMIT, spec=None):
     """(definitions, gradient lines): the first ``limit`` lines, or all with ``None``."""
-    result = explain(program, spec)
-    return result.definitions, result.formulas[:limit] if limit else result.formulas
+    result = explain(program, spec, limit)
+    return result.definitions, result.formulas
 
 
 def report(program: Program, limit: int | None = DEFAULT_LIMIT, spec=None) -> str:
     """The text ``gradforge explain`` prints."""
-    result = explain(program, spec)
-    shown = result.formulas[:limit] if limit else result.formulas
+    result = explain(program, spec, limit)
+    shown = result.formulas
     lines = [f"{program.name}: J = {program.reduction} over samples of ℓ"
              + (" + R" if program.regularizer is not None else ""), ""]
     if result.definitions:
@@ -879,7 +905,7 @@ def report(program: Program, limit: int | None = DEFAULT_LIMIT, spec=None) -> st
     width = max((len(f.label) for f in shown), default=0)
     lines += [f"  {f.label.ljust(width)} = {f.text}" + (f"   {f.indices}" if f.indices else "")
               for f in shown]
-    hidden = len(result.formulas) - len(shown)
+    hidden = result.hidden
     if hidden:
         where = f" {spec.path}" if spec is not None and spec.path else ""
         lines.append(f"  … {hidden} more {'entry' if hidden == 1 else 'entries'} not shown "
