@@ -44,6 +44,10 @@ GOLDEN = {
         "  ∂ℓ/∂b    = where(abs(r) <= delta, r, delta*sign(r))",
         "  ∂R/∂w[j] = 2*l2*w[j]   for j in range(4)",
     ],
+    "decay": [
+        "  ∂ℓ/∂amplitude = 2*(prediction - y)*exp(-rate*t)",
+        "  ∂ℓ/∂baseline  = 2*(prediction - y)",
+    ],
     "mlp": [
         "  ∂ℓ/∂W[i, j] = 2*(1 - h[i]**2)*(prediction - y)*v[i]*x[j]   "
         "for i in range(8) for j in range(3)",
@@ -148,6 +152,10 @@ def test_no_sympy_spelling_and_nothing_hidden(name):
     assert not FORBIDDEN.search(out), FORBIDDEN.search(out).group(0)
     assert "more entr" not in out           # grouping keeps every example on one screen
     assert "operations per sample: loss" in out
+    # sigmoid is a way to read exp(u)/(1 + exp(u)), never forced on a plain exp
+    source = example_path(name).read_text()
+    if "sigmoid" not in source and "softplus" not in source:
+        assert "sigmoid" not in out.split("gradient (")[1], out
 
 
 def test_logistic_regression_without_a_definition_names_z(tmp_path):

@@ -233,6 +233,10 @@ class _Folder:
         return hit
 
     def _fold(self, expr):
+        if isinstance(expr, sp.Add):
+            merged = _merge_piecewise_terms(expr)
+            if merged is not expr:
+                return self.fold(merged)
         if not isinstance(expr, sp.core.relational.Relational) and not isinstance(
                 expr, sp.logic.boolalg.Boolean):
             for candidate in _known_forms(expr):
@@ -250,14 +254,50 @@ class _Folder:
         for value, cond in expr.args:
             known = dict(facts)
             _learn(known, cond, True)
-            branch = self.fold(_assume(value, known))
-            branch = through_sigmoid(branch) if not branch.has(sp.Piecewise) else branch
-            pairs.append((branch, self.fold(cond) if cond is not sp.true else cond))
+            pairs.append((self.fold(_assume(value, known)),
+                          self.fold(cond) if cond is not sp.true else cond))
             _learn(facts, cond, False)
-        values = [v for v, _ in pairs]
+        # through sigmoid only to see whether the branches agree (e^u/(1 + e^u) for u < 0 and
+        # 1/(1 + e^-u) otherwise are one sigmoid(u)); a split that stays keeps its own forms
+        values = [through_sigmoid(v) for v, _ in pairs]
         if all(v == values[0] for v in values) or all(agree(values[0], v) for v in values[1:]):
-            return min(values, key=lambda v: (sp.count_ops(v), len(str(v))))
+            return min(values + [v for v, _ in pairs],
+                       key=lambda v: (sp.count_ops(v), len(str(v))))
         return sp.Piecewise(*pairs, evaluate=False)
+
+
+def _merge_piecewise_terms(expr: sp.Add):
+    """``where(c, a, b) + where(c, p, q)`` → ``where(c, a + p, b + q)``: terms split under
+    the same conditions are one formula per branch (``1 − s`` and ``s`` for u ≥ 0 / u < 0
+    together are sigmoid(u)). ``expr`` itself when there is nothing to merge."""
+    def terms(node, scale=sp.Integer(1)):
+        """The terms of a nested unevaluated sum, ``-(a - b)`` flattened to ``-a, b``."""
+        if isinstance(node, sp.Add):
+            return [t for arg in node.args for t in terms(arg, scale)]
+        coeff, body = node.as_coeff_Mul()
+        if coeff != 1 and isinstance(body, sp.Add):
+            return terms(body, scale * coeff)
+        return [scale * node if scale != 1 else node]
+
+    flat = terms(expr)
+    groups: dict[tuple, list] = {}
+    for term in flat:
+        coeff, body = term.as_coeff_Mul()
+        if isinstance(body, sp.Piecewise):
+            groups.setdefault(tuple(c for _, c in body.args), []).append((coeff, body))
+    merged, used = [], set()
+    for conds, members in groups.items():
+        if len(members) < 2:
+            continue
+        branches = [sp.Add(*[coeff * body.args[k].expr for coeff, body in members])
+                    for k in range(len(conds))]
+        merged.append(sp.Piecewise(*zip(branches, conds), evaluate=False))
+        used |= {coeff * body for coeff, body in members}
+    if not merged:
+        return expr
+    rest = [t for t in flat if t not in used]
+    return sp.Add(*rest, *merged, evaluate=False) if rest else \
+        (merged[0] if len(merged) == 1 else sp.Add(*merged, evaluate=False))
 
 
 def _fact(rel) -> tuple | None:
@@ -734,7 +774,7 @@ def explain(program: Program, spec=None, limit: int | None = None) -> Explanatio
     # terms of prediction = sigmoid(z) has the gradient (prediction - y)*x)
     sigmoid_lets = {s: v for s, v in let_values.items()
                     if isinstance(v, AppliedUndef) and v.func == sigmoid}
-    done = [(of, i, through_sigmoid(folder.fold(expr))) for of, i, expr in raw]
+    done = [(of, i, folder.fold(expr)) for of, i, expr in raw]
     chosen: dict[sp.Expr, sp.Expr] = {}
     over_leaves: dict[sp.Symbol, sp.Expr] = {}
     for symbol, value in let_values.items():
@@ -748,7 +788,7 @@ def explain(program: Program, spec=None, limit: int | None = None) -> Explanatio
     def best(expr):
         """The shortest form of one entry (memoized: the search costs a SymPy simplify)."""
         if expr not in chosen:
-            extra = []
+            extra = [through_sigmoid(expr)]          # a candidate: kept only when shorter
             used = {s: v for s, v in sigmoid_lets.items() if s in expr.free_symbols}
             if used:
                 inlined = through_sigmoid(expr.xreplace(used))
@@ -771,14 +811,15 @@ def explain(program: Program, spec=None, limit: int | None = None) -> Explanatio
         for node in sp.preorder_traversal(expr):
             if isinstance(node, sp.Add) and len(node.args) >= 3 and node.free_symbols & params \
                     and not node.has(sp.Piecewise):
-                counts[node] += 1
+                # u and -u are one name: z = dot(w, x) + b, written with its terms positive
+                counts[-node if _mostly_negative(node) else node] += 1
     for total, n in sorted(counts.items(), key=lambda kv: (-len(kv[0].args), str(kv[0]))):
         if n < 2 or any(total.has(s) for s, _ in auto):
             continue
-        name = _fresh(taken)
-        symbol = sp.Symbol(name, real=True)
+        symbol = sp.Symbol(_fresh(taken), real=True)
         auto.append((symbol, total))
-        done = [(of, i, _replace_sum(e, total, symbol)) for of, i, e in done]
+        done = [(of, i, _replace_sum(_replace_sum(e, total, symbol), -total, -symbol))
+                for of, i, e in done]
 
     printer = MathPrinter(names.text())
     lines: list = []            # Formula, or (label, entry) still to be worked out
@@ -848,6 +889,10 @@ def explain(program: Program, spec=None, limit: int | None = None) -> Explanatio
                                f"{printer.doprint(_fold_dots(value, names))}")
         definitions += guard_lines
     return Explanation(definitions, formulas, len(lines) - len(shown))
+
+
+def _mostly_negative(total: sp.Add) -> bool:
+    return 2 * sum(t.could_extract_minus_sign() for t in total.args) > len(total.args)
 
 
 def _fresh(taken: set[str]) -> str:
