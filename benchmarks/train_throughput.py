@@ -11,8 +11,8 @@ For the story's model (examples/trend, 3 parameters, float64) on a Parquet file 
 * one epoch of mini-batch Adam (batch 256) with numpy and c: the shuffle and the per-batch calls;
 * the overhead of the CLI path over calling the generated C directly: a C program built from
   the same generated files that reads the same columns (raw float64) and calls
-  ``trend_value_and_grad`` in a loop, timed with ``clock_gettime`` (best of three runs, like
-  the library run it is compared with); compared per pass with
+  ``trend_train`` with the same L-BFGS settings, timed with ``clock_gettime`` (best of three
+  runs, like the library run it is compared with); compared per pass with
   ``gradforge train --backend c`` (training loop) and end to end (the whole ``gradforge train``
   process, Python start-up and Parquet reading included, against the C program's whole run).
 
@@ -55,12 +55,15 @@ static double now(void)
 int main(int argc, char **argv)
 {
     size_t n = (size_t)strtoull(argv[2], NULL, 10);
-    int passes = atoi(argv[3]), k;
     double *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
-    double params[TREND_NUM_PARAMS], grad[TREND_NUM_PARAMS], value = 0.0, start;
+    double params[TREND_NUM_PARAMS], start, seconds;
+    trend_workspace *work = malloc(sizeof *work);
+    trend_train_options options = trend_default_train_options();
+    trend_report report;
+    int status;
     FILE *f = fopen(argv[1], "rb");
     trend_data d;
-    if (f == NULL || fread(x, sizeof *x, n, f) != n || fread(y, sizeof *y, n, f) != n) {
+    if (f == NULL || work == NULL || fread(x, sizeof *x, n, f) != n || fread(y, sizeof *y, n, f) != n) {
         fprintf(stderr, "cannot read %s\n", argv[1]);
         return 2;
     }
@@ -69,14 +72,14 @@ int main(int argc, char **argv)
     d.y = y;
     d.n = n;
     trend_init_params(params);
+    trend_workspace_init(work);
     start = now();
-    for (k = 0; k < passes; ++k) {
-        value += trend_value_and_grad(params, &d, NULL, grad);
-        params[0] -= 1e-3 * grad[0];
-    }
-    printf("%.9f %.17g\n", (now() - start) / passes, value);
+    status = trend_train(params, &d, NULL, &options, work, NULL, NULL, &report);
+    seconds = now() - start;
+    printf("%.9f %lu %s %.17g\n", seconds, report.passes, trend_stop_name(status), report.objective);
     free(x);
     free(y);
+    free(work);
     (void)argc;
     return 0;
 }
@@ -149,35 +152,42 @@ def main() -> int:
         rows.append(row(f"adam batch 256, 1 epoch, {backend}", result, wall))
         print(*rows[-1], flush=True)
 
-    # the generated C called directly
-    program = gradforge.load_program(PROJECT)
+    # the generated C trainer called directly (the same lbfgs settings, from its defaults)
+    import dataclasses
+    spec = gradforge.load_project(PROJECT)
+    spec = dataclasses.replace(spec, training=dataclasses.replace(
+        spec.training, optimizer="lbfgs", hyper=(), batch_size=0,
+        max_iterations=args.iterations, gradient_tolerance=0.0, objective_tolerance=0.0))
+    program = gradforge.compile_project(spec)
     build = folder / "direct"
     build.mkdir(exist_ok=True)
-    from gradforge.native import evaluation_program
-    for rel, text in gradforge.emit(evaluation_program(program), "c").items():
+    for rel, text in gradforge.emit(program, "c").items():
         (build / rel).write_text(text)
     (build / "direct.c").write_text(DIRECT_C)
     flags = [f for f in FLAGS if f not in ("-fPIC", "-shared")]
     subprocess.run([compiler(), *flags, "-D_POSIX_C_SOURCE=199309L", "-o", "direct",
                     "direct.c", "trend.c", "-lm"], cwd=build, check=True)
-    passes = max(int(round(results["c"].passes)), 1)
-    direct_pass = direct_wall = float("inf")
+    c = results["c"]
+    direct_seconds = direct_wall = float("inf")
     for _ in range(3):                   # best of three, like the library run
         start = time.perf_counter()
-        out = subprocess.run([str(build / "direct"), str(raw), str(args.rows), str(passes)],
+        out = subprocess.run([str(build / "direct"), str(raw), str(args.rows)],
                              capture_output=True, text=True, check=True).stdout.split()
         direct_wall = min(direct_wall, time.perf_counter() - start)
-        direct_pass = min(direct_pass, float(out[0]))
-    c = results["c"]
+        direct_seconds = min(direct_seconds, float(out[0]))
+    passes = int(out[1])
+    assert passes == c.passes and out[2] == c.reason, (out, c.passes, c.reason)
+    direct_pass = direct_seconds / passes
     train_pass = c.seconds / c.passes
-    rows.append(("generated C called directly", passes, passes, f"{direct_pass * passes:.2f}",
-                 f"{args.rows / direct_pass / 1e6:.1f}", f"{direct_wall:.1f}"))
+    rows.append(("generated C trainer called directly", args.iterations, passes,
+                 f"{direct_seconds:.2f}", f"{args.rows / direct_pass / 1e6:.1f}",
+                 f"{direct_wall:.1f}"))
     print(*rows[-1], flush=True)
 
     # the same library through ctypes in this process, no driver: isolates the driver's cost
     from gradforge.data import read_dataset
     from gradforge.native import load_c_model
-    cmodel = load_c_model(program)
+    cmodel = load_c_model(gradforge.load_program(PROJECT))
     dataset = read_dataset(parquet, program.fields, program.precision)
     data = cmodel.data(dataset.columns, dataset.n)
     theta = numpy.array([0.5, 0.0, 0.0])
@@ -187,7 +197,7 @@ def main() -> int:
         for _ in range(passes):
             cmodel.value_and_grad(theta, data)
         ctypes_pass = min(ctypes_pass, (time.perf_counter() - start) / passes)
-    rows.append(("generated C via ctypes, no driver", passes, passes,
+    rows.append(("value_and_grad via ctypes, no optimizer", passes, passes,
                  f"{ctypes_pass * passes:.2f}", f"{args.rows / ctypes_pass / 1e6:.1f}", "-"))
     print(*rows[-1], flush=True)
     del data, dataset
@@ -206,10 +216,10 @@ def main() -> int:
     for r in rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
     print()
-    print(f"CLI overhead over the generated C, per pass (training loop): "
+    print(f"gradforge train --backend c over the generated C trainer called directly, per pass: "
           f"{(train_pass / direct_pass - 1) * 100:+.1f}% "
-          f"({train_pass * 1e3:.1f} ms vs {direct_pass * 1e3:.1f} ms); over the same library "
-          f"called through ctypes without the driver: {(train_pass / ctypes_pass - 1) * 100:+.1f}%")
+          f"({train_pass * 1e3:.1f} ms vs {direct_pass * 1e3:.1f} ms); over bare value_and_grad "
+          f"calls through ctypes: {(train_pass / ctypes_pass - 1) * 100:+.1f}%")
     print(f"whole `gradforge train --backend c` process: {cli_wall:.1f} s vs the C program "
           f"{direct_wall:.1f} s (reading raw doubles) — {(cli_wall / direct_wall - 1) * 100:+.0f}%")
     if not args.keep:
