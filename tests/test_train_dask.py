@@ -100,6 +100,29 @@ def test_dask_levenberg_marquardt_equals_in_memory(decay_parquet, scheduler):
     same_iterates(memory, cluster)
 
 
+def test_dask_validation_is_held_out_per_partition(parquet, scheduler):
+    """--validation on Dask: each partition holds out its rows with a seeded generator; the
+    validation objective is the mean loss over exactly those rows (checked by hand)."""
+    import pyarrow.parquet as pq
+    result = gradforge.train(TREND, parquet, engine="dask", scheduler=scheduler,
+                             optimizer="lbfgs", max_iterations=2, validation=0.1, seed=5)
+    table = pq.ParquetFile(parquet)
+    held_x, held_y = [], []
+    for k in range(table.metadata.num_row_groups):
+        group = table.read_row_group(k)
+        x, y = group.column("x").to_numpy(), group.column("y").to_numpy()
+        held = numpy.random.default_rng([5, k]).random(len(x)) < 0.1
+        held_x.append(x[held])
+        held_y.append(y[held])
+    x, y = numpy.concatenate(held_x), numpy.concatenate(held_y)
+    a, b, c = (float(result.params[name]) for name in "abc")
+    expected = numpy.mean(numpy.abs(a * x * x + b * x + c - y))
+    assert result.validation_samples == len(x) and result.samples == 1_000_000 - len(x)
+    assert abs(len(x) - 100_000) < 2_000
+    assert result.validation_objective == pytest.approx(expected, rel=1e-10)
+    assert all(h.validation_objective is not None for h in result.history)
+
+
 def test_dask_local_cluster_by_default(capsys, tmp_path):
     """Without --scheduler, `gradforge train --engine dask` starts (and closes) a LocalCluster
     of its own; a CSV file is one partition."""

@@ -13,6 +13,10 @@ partitions once with pyarrow (data errors still name file, row and column) and k
 memory for the whole run (``client.compute`` futures). A data set larger than the cluster's
 memory therefore needs more workers, not a bigger driver.
 
+``validation``: each partition holds out its own rows, a row when
+``numpy.random.default_rng([seed, partition]).random() < validation`` (so about that fraction,
+reproducibly, without a global permutation of data that may not fit anywhere).
+
 Without ``scheduler`` a ``distributed.LocalCluster`` is started on this machine's cores (one
 thread per worker process) and closed at the end; with ``scheduler="tcp://host:8786"`` the
 run uses that cluster (the data paths must be readable by its workers).
@@ -42,15 +46,22 @@ def _module(source: str) -> types.ModuleType:
     return module
 
 
-def _load(piece, fields, precision, drop_invalid):
+def _load(piece, fields, precision, drop_invalid, fraction, seed, position):
+    """Read one partition; with ``fraction``, hold out its validation rows (a row is held out
+    when numpy.random.default_rng([seed, position]).random() < fraction)."""
     blocks, n, dropped, _ = read_piece(piece, fields, precision, drop_invalid)
-    return blocks, n, dropped
+    if not fraction:
+        return blocks, n, dropped, {}, 0
+    held = numpy.random.default_rng([seed, position]).random(n) < fraction
+    valid = {k: numpy.ascontiguousarray(v[held]) for k, v in blocks.items()}
+    train = {k: numpy.ascontiguousarray(v[~held]) for k, v in blocks.items()}
+    return train, n - int(held.sum()), dropped, valid, int(held.sum())
 
 
 def _partial(part, theta, source, constants, with_gradient):
     """One partition's sums: (Σ loss, Σ ∂loss/∂θ or None, n)."""
     m = _module(source)
-    blocks, n, _ = part
+    blocks, n = part[0], part[1]
     if n == 0:
         return 0.0, (numpy.zeros(m.NUM_PARAMS, dtype=m.DTYPE) if with_gradient else None), 0
     c = m._constants(constants)
@@ -64,7 +75,7 @@ def _partial(part, theta, source, constants, with_gradient):
 def _partial_normal(part, theta, source, constants):
     """One partition's Levenberg–Marquardt sums, unscaled: (Σ r², JᵀJ, Jᵀr) over its samples."""
     m = _module(source)
-    blocks, n, _ = part
+    blocks, n = part[0], part[1]
     P = m.NUM_PARAMS
     F, JtJ, Jtr = 0.0, numpy.zeros((P, P), dtype=m.DTYPE), numpy.zeros(P, dtype=m.DTYPE)
     if n == 0:
@@ -79,8 +90,13 @@ def _partial_normal(part, theta, source, constants):
     return F, JtJ, Jtr
 
 
+def _partial_validation(part, theta, source, constants):
+    """One partition's Σ loss over its held-out rows."""
+    return _partial((part[3], part[4]), theta, source, constants, False)[0]
+
+
 def _count(part):
-    return part[1], part[2]
+    return part[1], part[2], part[4]
 
 
 class DaskEvaluator:
@@ -89,7 +105,7 @@ class DaskEvaluator:
     name = "dask"
 
     def __init__(self, program, module, data, *, constants=None, scheduler=None,
-                 workers=None, drop_invalid=False):
+                 workers=None, drop_invalid=False, validation=0.0, seed=0):
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -116,14 +132,15 @@ class DaskEvaluator:
             self.source = self.client.scatter(source, broadcast=True)
             fields = layouts(program.fields)
             self.parts = [self.client.submit(_load, piece, fields, program.precision,
-                                             drop_invalid, pure=False)
-                          for piece in pieces(files, split_row_groups=True)]
+                                             drop_invalid, validation, seed, k, pure=False)
+                          for k, piece in enumerate(pieces(files, split_row_groups=True))]
             counts = self.client.gather([self.client.submit(_count, p) for p in self.parts])
         except BaseException:
             self.close()
             raise
-        self.n = sum(n for n, _ in counts)
-        self.dropped = sum(d for _, d in counts)
+        self.n = sum(n for n, _, _ in counts)
+        self.dropped = sum(d for _, d, _ in counts)
+        self.validation_n = sum(v for _, _, v in counts)
         self.partitions = len(self.parts)
         if self.n == 0:
             self.close()
@@ -188,6 +205,21 @@ class DaskEvaluator:
             JtJ = JtJ + jac.T @ jac
             Jtr = Jtr + jac.T @ r
         return F, JtJ, Jtr
+
+    def validation_objective(self, theta):
+        """J on the held-out rows (mean or sum of the loss, plus the regularizer)."""
+        m = self.module
+        theta = numpy.asarray(theta, dtype=m.DTYPE)
+        futures = [self.client.submit(_partial_validation, p, theta, self.source,
+                                      self.constants, pure=False) for p in self.parts]
+        total = m.DTYPE(0)
+        for loss in self.client.gather(futures):
+            total = total + loss
+        if self.program.reduction == "mean":
+            total = total * (m.DTYPE(1) / m.DTYPE(max(self.validation_n, 1)))
+        if self.program.regularizer is not None:
+            total = total + m._regularizer(theta, {}, m._constants(self.constants), 0)[0]
+        return total
 
     def close(self):
         client, cluster = getattr(self, "client", None), self.cluster

@@ -256,6 +256,17 @@ def _run_generated(module, evaluator, theta, s: _Settings, n: int, callback):
     return run.report(theta, value, run.projected_norm(theta, grad), reason)
 
 
+class _DaskValidation:
+    """The validation objective of a Dask run (rows held out on the workers)."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+        self.n = evaluator.validation_n
+
+    def objective(self, theta):
+        return self.evaluator.validation_objective(theta)
+
+
 def _run_c_train(module, evaluator, theta, s: _Settings, on_iteration):
     """The whole run inside the generated C ``<name>_train`` (the optimizer, shuffle and
     mini-batches in C; Python only sees the per-iteration callback)."""
@@ -418,15 +429,18 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
             raise GradforgeError(
                 f"--engine dask runs full-batch methods only (mini-batches would need a global "
                 f"shuffle across partitions); use --batch-size 0, or --optimizer lbfgs / lm")
-        if validation:
-            raise GradforgeError("--validation is not supported with --engine dask yet; hold "
-                                 "out a validation file and pass it to gradforge predict")
+        if validation and not 0 < validation < 1:
+            raise DataError(f"--validation {validation}: expected a fraction between 0 and 1")
         from .dask_engine import DaskEvaluator
         evaluator = DaskEvaluator(program, module, data, constants=constants,
                                   scheduler=scheduler, workers=workers,
-                                  drop_invalid=drop_invalid)
+                                  drop_invalid=drop_invalid, validation=validation,
+                                  seed=settings.seed if validation_seed is None
+                                  else validation_seed)
         cluster = evaluator
         n, dropped, train_set = evaluator.n, evaluator.dropped, None
+        if validation:
+            valid_eval = _DaskValidation(evaluator)
     else:
         dataset = load_data(program, data, drop_invalid)
         dropped = dataset.dropped
@@ -470,6 +484,8 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
             report = _run_c_train(module, evaluator, theta, settings, on_iteration)
         else:
             report = _run_generated(module, evaluator, theta, settings, n, on_iteration)
+        final_validation = (float(valid_eval.objective(module.flatten(report.params)))
+                            if valid_eval is not None else None)
     finally:
         quiet_overflow.__exit__(None, None, None)
         bar.close()
@@ -477,13 +493,13 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
             cluster.close()
     seconds = time.perf_counter() - started
     theta = module.flatten(report.params)
-    val_obj = float(valid_eval.objective(theta)) if valid_eval is not None else None
+    val_obj = final_validation
     result = TrainResult(
         params=report.params, theta=numpy.array(theta), objective=float(report.objective),
         validation_objective=val_obj, gradient_norm=float(report.gradient_norm),
         iterations=report.iterations, evaluations=report.evaluations, passes=report.passes,
         reason=report.reason, seconds=seconds, samples=n,
-        validation_samples=valid.n if valid is not None else 0, dropped=dropped,
+        validation_samples=valid_eval.n if valid_eval is not None else 0, dropped=dropped,
         optimizer=settings.optimizer, backend=backend, engine=engine, history=history,
         model_hash=program.model_hash, project=program.name)
     if trace:
