@@ -111,6 +111,22 @@ def test_out_removes_what_the_old_single_backend_layout_left(tmp_path):
     assert build(project, "--out", str(out), "--check") == 0
 
 
+def test_a_moved_default_folder_is_cleaned_up(tmp_path):
+    """The Swift package used to be build/swift; now each model has build/swift/<Module>.
+    Rebuilding removes the old layout's files and emptied folders (not a user's file)."""
+    from gradforge import writer
+    project = copy_example("trend", tmp_path)
+    old = project.parent / "build" / "swift"
+    writer.write([writer.Output("swift", old, gradforge_emit(project, "swift"))])
+    assert (old / "Package.swift").exists()
+    (old / "Sources" / "notes.md").write_text("mine\n")
+    assert cli.main(["build", str(project), "--backend", "swift"]) == 0
+    assert (old / "Trend" / "Package.swift").exists()
+    assert not (old / "Package.swift").exists() and not (old / "Tests").exists()
+    assert not (old / ".gradforge-swift.manifest").exists()
+    assert sorted(p.name for p in (old / "Sources").iterdir()) == ["notes.md"]
+
+
 def gradforge_emit(project: Path, backend: str) -> dict[str, str]:
     import gradforge
     return gradforge.emit(gradforge.load_program(project), backend)

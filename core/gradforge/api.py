@@ -97,8 +97,15 @@ def build(spec: ProjectSpec | str | Path, backends: Iterable[str] | None = None,
         files = emit(program, name, resolved, registry)
         folder = output_folder(spec, name, table_out, Path(out) if out else None,
                                default=plugin.default_out(program, resolved))
-        # Before the one-layout rule a single backend went straight into `out`: clean it up.
-        previous = (Path(out),) if out else ()
+        # Where earlier versions put this backend's files, cleaned up via their manifest:
+        # a single backend went straight into `--out DIR`; a default folder was build/<name>
+        # (the Swift package now has a folder per model, build/swift/<Module>).
+        if out:
+            previous = (Path(out),)
+        elif table_out is None:
+            previous = (spec.root / "build" / name,)
+        else:
+            previous = ()
         outputs.append(writer.Output(name, folder, files, previous))
     report = BuildReport(outputs)
     if check:

@@ -7,7 +7,7 @@
 * A manifest per backend (``.gradforge-<backend>.manifest``) lists what it generated, so files that a later build no
   longer produces are removed instead of lingering — also from a folder an earlier build used
   (``Output.previous_folders``: the old ``--out`` layout that put a single backend directly
-  in DIR).
+  in DIR, or an old default folder), with the folders that leaves empty.
 """
 from __future__ import annotations
 
@@ -123,8 +123,22 @@ def write(outputs: list[Output]) -> list[Path]:
                 stale = folder / rel
                 if stale.resolve() not in kept and stale.is_file() and is_generated(stale):
                     stale.unlink()
+                    _remove_empty_parents(stale.parent, folder)
             (folder / MANIFEST.format(backend=output.backend)).unlink()
     return written
+
+
+def _remove_empty_parents(start: Path, stop: Path) -> None:
+    """Remove ``start`` and its parents up to (not including) ``stop`` while they are empty:
+    the folders a removed layout left (``Sources/Trend/``), never one holding anything."""
+    stop = stop.resolve()
+    folder = start.resolve()
+    while folder != stop and folder.is_relative_to(stop):
+        try:
+            folder.rmdir()
+        except OSError:          # not empty (or not ours to remove): stop here
+            return
+        folder = folder.parent
 
 
 def changes(outputs: list[Output]) -> list[Path]:
