@@ -47,6 +47,7 @@ DEFAULT_LIMIT = 24      # gradient lines printed without --all
 sigmoid, softplus, relu = sp.Function("sigmoid"), sp.Function("softplus"), sp.Function("relu")
 fmax, fmin, dot = sp.Function("max"), sp.Function("min"), sp.Function("dot")
 
+
 @dataclass(frozen=True)
 class Formula:
     label: str          # e.g. "∂ℓ/∂w[j]" or "∂ℓ/∂b"
@@ -313,6 +314,13 @@ def _fact(rel) -> tuple | None:
     return None
 
 
+def _key(cond):
+    """How a condition is looked up among known facts."""
+    if isinstance(cond, sp.core.relational.Relational):
+        return _fact(cond) or cond
+    return cond
+
+
 def _learn(facts: dict, cond, truth: bool) -> None:
     fact = _fact(cond) if isinstance(cond, sp.core.relational.Relational) else None
     if fact is None:
@@ -331,22 +339,21 @@ def _assume(expr, facts: dict):
     if isinstance(expr, sp.Piecewise):
         kept = []
         for value, cond in expr.args:
-            fact = _fact(cond) if isinstance(cond, sp.core.relational.Relational) else cond
-            truth = True if cond is sp.true else facts.get(fact)
+            truth = True if cond is sp.true else facts.get(_key(cond))
             if truth is False:
                 continue
             kept.append((_assume(value, facts), cond))
             if truth is True:
                 break
-        if len(kept) == 1 and (kept[0][1] is sp.true or facts.get(
-                _fact(kept[0][1]) if isinstance(kept[0][1], sp.core.relational.Relational)
-                else kept[0][1]) is True):
+        if not kept:                            # inconsistent facts: decide nothing
+            return expr
+        decided = kept[-1][1] is sp.true or facts.get(_key(kept[-1][1])) is True
+        if not decided:                         # no default left: keep every branch
+            return sp.Piecewise(*[(_assume(v, facts), c) for v, c in expr.args],
+                                evaluate=False)
+        if len(kept) == 1:
             return kept[0][0]
-        if kept and kept[-1][1] is not sp.true and len(kept) < len(expr.args) and \
-                all(facts.get(_fact(c) if isinstance(c, sp.core.relational.Relational) else c)
-                    is not True for _, c in kept):
-            return sp.Piecewise(*[(_assume(v, facts), c) for v, c in expr.args], evaluate=False)
-        return sp.Piecewise(*kept, evaluate=False) if len(kept) > 1 else kept[0][0]
+        return sp.Piecewise(*kept[:-1], (kept[-1][0], sp.true), evaluate=False)
     return _rebuild(expr, [_assume(a, facts) for a in expr.args])
 
 
@@ -457,7 +464,7 @@ _ELEMENT = re.compile(r"^(?P<name>.+?)(?P<index>(?:_\d+)+)_*$")
 class _Names:
     """IR symbol → how a user writes it (``w_0`` → ``w[0]``), and back."""
 
-    def __init__(self, program: Program, definitions: Iterable[str]):
+    def __init__(self, program: Program, definitions: Iterable[str] | None):
         self.arrays: dict[str, dict[tuple[int, ...], sp.Symbol]] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.where: dict[sp.Symbol, tuple[str, tuple[int, ...]]] = {}
@@ -604,6 +611,8 @@ def _group(shape: tuple[int, ...], values: list, names: _Names, taken: set[str],
         return None
     tried = set()
     for k in reversed(range(len(indices))):          # the last entry first: distinct indices
+        if len(set(indices[k])) != len(indices[k]):
+            continue                                   # W[1, 1]: which 1 is which index?
         template = _template(best(values[k]), indices[k], letters, names)
         if template is None or template in tried:
             continue
