@@ -1,12 +1,15 @@
 """Hook specifications for gradforge plugins (pluggy project name ``gradforge``).
 
-A plugin is a module (or object) with functions marked ``@gradforge.hookimpl``, published
-through the ``gradforge`` entry-point group::
+A plugin is a module (or object) with functions marked ``@hookimpl`` (from
+:mod:`gradforge.plugin_api`, the one module a plugin imports), published through the
+``gradforge`` entry-point group::
 
     [project.entry-points.gradforge]
     mybackend = "gradforge_mybackend.plugin"
 
-The built-in NumPy, C, Swift and Metal backends are registered exactly this way.
+The built-in NumPy, C, Swift and Metal backends are registered exactly this way, and so is
+the third-party example ``examples/js-backend``. Every hook below is documented in
+docs/plugins.md and called by the core; tests/test_plugins.py fails otherwise.
 """
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ def gradforge_backends():
     """Return the backends this plugin provides.
 
     Called once when the plugin manager loads plugins. Return a list of
-    :class:`gradforge.backend.Backend` instances (an empty list is fine). Each backend's
+    :class:`gradforge.plugin_api.Backend` instances (an empty list is fine). Each backend's
     ``name`` is the key users write under ``[backends.NAME]`` in a project file; two plugins
     offering the same name is an error reported by ``gradforge plugins``.
 
     Example::
 
-        @gradforge.hookimpl
+        from gradforge.plugin_api import hookimpl
+
+        @hookimpl
         def gradforge_backends():
             return [RustBackend()]
     """
@@ -38,8 +43,8 @@ def gradforge_backends():
 def gradforge_check_program(program, backend_name):
     """Inspect an IR program before a backend emits it; raise to refuse it.
 
-    ``program`` is the :class:`gradforge.ir.Program` about to be emitted by the backend
-    named ``backend_name``. Raise :class:`gradforge.errors.BackendError` with a one-line
+    ``program`` is the :class:`gradforge.plugin_api.Program` about to be emitted by the backend
+    named ``backend_name``. Raise :class:`gradforge.plugin_api.BackendError` with a one-line
     message to stop the build (for instance a hardware backend that cannot hold this many
     parameters). Return value is ignored. All implementations are called.
     """
