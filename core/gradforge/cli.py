@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="print the gradient formulas and op counts")
     explain.add_argument("project", type=Path, help=PROJECT_HELP)
     explain.add_argument("--all", action="store_true",
-                         help="every parameter element (default: the first 24)")
+                         help="every gradient line (default: the first 24; a grouped "
+                              "array is one line)")
 
     plugins = sub.add_parser("plugins", help="list installed backends and their status")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
