@@ -8,6 +8,8 @@ the objective J and its gradient over all of them; the figure is the best of sev
 in ns per sample:
 
 * ``C``: the generated C, 1 thread, ``gcc -O3`` (IEEE arithmetic, baseline ISA);
+* ``C vec``: the same source with ``-march=native -fopenmp-simd -DGRADFORGE_OPENMP_SIMD
+  -DGRADFORGE_LIBMVEC``: vectorized sums and glibc's libmvec, IEEE arithmetic otherwise;
 * ``C fast``: the same source with ``-march=native -ffast-math -fopenmp-simd
   -DGRADFORGE_OPENMP_SIMD``
   (vectorized loops and glibc's libmvec for exp/log1p/tanh; docs/backends/c.md);
@@ -56,6 +58,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 SEED = 2024
 IEEE_FLAGS = ["-O3", "-std=c99"]
+VEC_FLAGS = IEEE_FLAGS + ["-march=native", "-fopenmp-simd", "-DGRADFORGE_OPENMP_SIMD",
+                          "-DGRADFORGE_LIBMVEC"]
 FAST_FLAGS = IEEE_FLAGS + ["-march=native", "-ffast-math", "-fopenmp-simd",
                            "-DGRADFORGE_OPENMP_SIMD"]
 #: Models whose per-sample work is dominated by exp/log/tanh (goal: C ≥ 1.5× the best rival).
@@ -451,6 +455,8 @@ def main() -> int:
         print(f"== {label}: {program.num_params} parameters, {n} samples, float64", flush=True)
         row = {"model": label}
         row["C"] = c_generated(program, work / label / "c", data_dir, n, args.reps, IEEE_FLAGS)
+        row["C vec"] = c_generated(program, work / label / "cvec", data_dir, n, args.reps,
+                                   VEC_FLAGS)
         row["C fast"] = c_generated(program, work / label / "cfast", data_dir, n, args.reps,
                                     FAST_FLAGS)
         row[f"C x{cores}"] = c_generated(program, work / label / "cthreads", data_dir, n,
@@ -478,14 +484,15 @@ def main() -> int:
                   f"(relative difference to C {diff:.1e})", flush=True)
         rows.append(row)
 
-    keys = ["C", "C fast", f"C x{cores}", "CasADi", "CasADi fast", "JAX"] \
+    keys = ["C", "C vec", "C fast", f"C x{cores}", "CasADi", "CasADi fast", "JAX"] \
         + (["Swift"] if args.swift else []) + ["NumPy"]
     print()
     print(f"ns per sample (value and gradient, float64, {n} samples, best of {args.reps}).")
-    print("vs IEEE = min(CasADi, JAX) / C;  vs fast = min(CasADi fast, JAX) / C fast;  "
-          "Swift/C = C time / Swift time")
+    print("vs IEEE = min(CasADi, JAX) / C;  vs vec = min(CasADi, JAX) / C vec;  "
+          "vs fast = min(CasADi fast, JAX) / C fast;  Swift/C = C time / Swift time")
     print(f"{'model':<9}" + "".join(f"{k:>12}" for k in keys)
-          + f"{'vs IEEE':>9}{'vs fast':>9}" + (f"{'Swift/C':>9}" if args.swift else ""))
+          + f"{'vs IEEE':>9}{'vs vec':>9}{'vs fast':>9}"
+          + (f"{'Swift/C':>9}" if args.swift else ""))
 
     def ns(result):
         return result[1] / n * 1e9 if not isinstance(result, str) else None
@@ -500,6 +507,7 @@ def main() -> int:
 
         ieee, fast_rival = best_of("CasADi", "JAX"), best_of("CasADi fast", "JAX")
         ratio = f"{ieee / ns(row['C']):>9.2f}" if ieee else f"{'-':>9}"
+        ratio += f"{ieee / ns(row['C vec']):>9.2f}" if ieee else f"{'-':>9}"
         fast = f"{fast_rival / ns(row['C fast']):>9.2f}" if fast_rival else f"{'-':>9}"
         swift = ""
         if args.swift:

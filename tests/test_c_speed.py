@@ -159,13 +159,45 @@ def contiguous_loop_lines(program, folder) -> set[int]:
     ("trend", "float64", ["-fopenmp-simd", "-DGRADFORGE_OPENMP_SIMD"]),
     ("trend", "float32", ["-fopenmp-simd", "-DGRADFORGE_OPENMP_SIMD"]),
     ("huber", "float64", ["-fopenmp-simd", "-DGRADFORGE_OPENMP_SIMD"]),
-    # exp/log1p/tanh: glibc's libmvec, declared to gcc only under -ffast-math
+    # exp/log1p/tanh: glibc's libmvec, declared to gcc under -ffast-math ...
     ("logistic", "float32", ["-march=x86-64-v3", "-ffast-math"]),
     ("logistic", "float64", ["-march=x86-64-v3", "-ffast-math"]),
     ("mlp", "float32", ["-march=x86-64-v3", "-ffast-math"]),
+    # ... or by the generated file itself with GRADFORGE_LIBMVEC (IEEE arithmetic otherwise)
+    ("mlp", "float64", ["-march=x86-64-v3", "-fopenmp-simd", "-DGRADFORGE_OPENMP_SIMD",
+                        "-DGRADFORGE_LIBMVEC"]),
+    ("logistic", "float32", ["-march=x86-64-v3", "-fopenmp-simd", "-DGRADFORGE_OPENMP_SIMD",
+                             "-DGRADFORGE_LIBMVEC"]),
 ])
 def test_contiguous_loop_is_vectorized(gcc, tmp_path, example, precision, flags):
     program = compile_project(spec_for(example, precision))
     lines = vectorized_lines(program, tmp_path, flags)
     assert lines & contiguous_loop_lines(program, tmp_path), \
         f"gcc did not vectorize the sample loop (vectorized lines: {sorted(lines)})"
+
+
+@pytest.mark.toolchain
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 libmvec")
+@pytest.mark.parametrize("example, precision, tolerance", [("mlp", "float64", 1e-12),
+                                                           ("logistic", "float32", 1e-5)])
+def test_vector_math_build_agrees_with_the_ieee_build(gcc, tmp_path, example, precision,
+                                                      tolerance):
+    """libmvec (at most 4 ulp) and lane-wise sums move only the last bits of J and ∇J."""
+    if not re.search(r"GLIBC 2\.(3[5-9]|[4-9]\d)", subprocess.run(
+            ["ldd", "--version"], capture_output=True, text=True).stdout):
+        pytest.skip("libmvec with tanh/log1p needs glibc >= 2.35")
+    program = compile_project(spec_for(example, precision))
+    ieee = run_build(program, tmp_path / "ieee", threads=1)
+    fast = run_build(program, tmp_path / "vec", threads=1, optimize="-O3",
+                     defines=["-march=native", "-fopenmp-simd", "-DGRADFORGE_OPENMP_SIMD",
+                              "-DGRADFORGE_LIBMVEC"])
+    dtype = "<f4" if precision == "float32" else "<f8"
+    a = [struct_value(h, dtype) for h in ieee.split()]
+    b = [struct_value(h, dtype) for h in fast.split()]
+    scale = max(abs(v) for v in a)
+    assert max(abs(x - y) for x, y in zip(a, b)) <= tolerance * scale
+
+
+def struct_value(hex_bytes: str, dtype: str) -> float:
+    import numpy as np
+    return float(np.frombuffer(bytes.fromhex(hex_bytes), dtype=dtype)[0])

@@ -20,12 +20,12 @@ import sympy as sp
 
 from gradforge.plugin_api import (DAMPING, LINE_SEARCH, STOP_REASONS, check_training, Assignment, Backend, BackendError, Case,
                                   Kernel, Option, Program, Result, Toolchain, ToolchainError,
-                                  check_vocabulary,
+                                  check_vocabulary, walk,
                                   count_operations, decode_results, encode_cases, find_tool,
                                   header_text, hookimpl, render, run_tool,
                                   safe_names, shortest_repr, write_files)
 
-from .printer import MATH_FUNCTIONS, GradforgeCPrinter
+from .printer import FLOAT_FUNCTIONS, MATH_FUNCTIONS, GradforgeCPrinter
 
 #: Flags every emitted file must compile cleanly under (the product's promise).
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror")
@@ -198,6 +198,15 @@ class _Emitter:
     def literal(self, value: float) -> str:
         return shortest_repr(value, self.program.precision) + (
             "f" if self.program.precision == "float32" else "")
+
+    def vector_math(self) -> list[str]:
+        """The <math.h> functions the per-sample sums call that glibc's libmvec vectorizes."""
+        used = {type(node).__name__ for kernel in (self.program.loss,
+                                                   self.program.loss_and_gradient)
+                for expr in kernel.expressions() for node in walk(expr)}
+        names = [n for n in ("exp", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh")
+                 if n in used]
+        return [FLOAT_FUNCTIONS[n] if self.T == "float" else n for n in names]
 
     # -- kernel pieces -----------------------------------------------------------------
     def hoisted_loads(self, used: set[sp.Symbol]) -> list[str]:
@@ -456,6 +465,7 @@ class _Emitter:
                          "batch_size": prog.training.batch_size,
                          "seed": prog.training.seed},
             "threads": self.threads,
+            "libmvec": self.vector_math(),
             "block_size": BLOCK_SIZE,
             "max_threads": MAX_THREADS,
             "sparse_gradient": len(prog.loss_and_gradient.gradient) < prog.num_params,
