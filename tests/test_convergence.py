@@ -364,3 +364,54 @@ def test_c_follows_the_numpy_iterates(tmp_path, name, optimizer):
     whole = CBackend().train(program, rows, tmp_path / "c")
     assert whole.reason == full.reason, (whole, full)
     assert abs(whole.objective - full.objective) <= 1e-10 * max(1.0, abs(full.objective))
+
+
+SWIFT_SUBJECTS = [("trend", "lbfgs"), ("bounded", "lbfgs"), ("huber", "adam")]
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("name, optimizer", SWIFT_SUBJECTS)
+def test_swift_follows_the_numpy_iterates(tmp_path, name, optimizer):
+    """The Swift package's CSV trainer (`--max-iterations 5 --trace`, float64): the first 5
+    iterates equal the NumPy module's to 1e-9 and the reports agree."""
+    import re
+    import subprocess
+    from conftest import require_tool
+    from gradforge.backend import write_files
+    from gradforge_swift.plugin import swift_build_command
+    require_tool("swift")
+    spec, data = iterate_subject(name, optimizer)
+    program = gradforge.compile_project(spec)
+    package = tmp_path / "package"
+    write_files(package, gradforge.emit(program, "swift"))
+    build = subprocess.run(swift_build_command(package, tmp_path / "build", tmp_path / "cache")
+                           + ["--product", f"{program.name}-train"],
+                           capture_output=True, text=True, timeout=1800)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
+    columns = {}
+    for f in program.fields:
+        values = np.asarray(data[f.name]).reshape(len(data[f.name]), -1)
+        for j in range(values.shape[1]):
+            columns[f.name if not f.shape else f"{f.name}[{j}]"] = values[:, j]
+    csv = tmp_path / "data.csv"
+    rows = zip(*columns.values())
+    csv.write_text(",".join(columns) + "\n"
+                   + "\n".join(",".join(repr(float(v)) for v in row) for row in rows) + "\n")
+    out = subprocess.run([str(tmp_path / "build" / "release" / f"{program.name}-train"), str(csv),
+                          "--max-iterations", "5", "--trace"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    iterates = [[float(v) for v in line.split(":", 1)[1].split()]
+                for line in out.stdout.splitlines() if line.startswith("iterate ")]
+    m = load(tmp_path, spec)
+    seen = []
+    report = m.train(m.init_params(), data, max_iterations=5,
+                     callback=lambda r: seen.append(m.flatten(r.params)))
+    assert len(iterates) == len(seen) >= 1
+    for k, (got, want) in enumerate(zip(iterates, seen)):
+        scale = np.maximum(1.0, np.abs(want))
+        assert np.max(np.abs(np.array(got) - want) / scale) <= 1e-9, (k, got, want)
+    line = re.search(r"^(\w+): (\w+) after (\d+) iterations, (\d+) evaluations, (\d+) passes",
+                     out.stdout, re.M)
+    assert line and line.groups() == (report.optimizer, report.reason, str(report.iterations),
+                                      str(report.evaluations), str(report.passes)), out.stdout

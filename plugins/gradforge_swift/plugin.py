@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (check_training, Backend, BackendError, Case, Kernel, Namer,
+from gradforge.plugin_api import (LINE_SEARCH, STOP_REASONS, check_training, Backend, BackendError, Case, Kernel, Namer,
                                   Optimizer, Option, Program,
                                   ProjectError, Result, Toolchain, ToolchainError,
                                   TrainingSpec, build_optimizer, check_vocabulary,
@@ -57,6 +57,8 @@ MEMBER_NAMES = frozenset("""
     flat scalarCount count description encode decode CodingKeys hash hashValue gradient value
     step reset parameters data constants optimizer epochs batchSize seed learningRate
     predictions objective predict train modelHash paramsJSON write inputs shapeProblem
+    lowerBounds upperBounds maxIterations gradientTolerance objectiveTolerance history
+    iterations evaluations passes gradientNorm reason converged
 """.split())
 
 #: Module names that would shadow a system module or a standard type (refused by the core).
@@ -133,6 +135,8 @@ UNROLL_MAX_ACCUMULATORS = 16
 
 
 class SwiftBackend(Backend):
+    training_methods = ("sgd", "momentum", "adam", "lbfgs")
+    supports_bounds = True
     name = "swift"
     description = "SwiftPM package: library (no Foundation), XCTest tests, CSV trainer"
     comment_prefix = "//"
@@ -252,7 +256,9 @@ class _Context:
                       "constants": f"{m}Constants", "model": f"{m}Model", "inputs": f"{m}Inputs",
                       "optimizer": f"{m}Optimizer", "rng": f"{m}SplitMix64",
                       "scalar": f"{m}Scalar", "params_error": f"{m}ParamsFileError",
-                      "json": f"{m}JSONValue"}
+                      "json": f"{m}JSONValue", "report": f"{m}TrainingReport",
+                      "options": f"{m}TrainingOptions", "reason": f"{m}StopReason",
+                      "decision": f"{m}TrainingDecision"}
         user = {p.name for p in program.parameters} | {f.name for f in program.fields} \
             | {c.name for c in program.constants}
         reserved = (SWIFT_KEYWORDS | SWIFT_GLOBALS | MEMBER_NAMES | {module}
@@ -279,6 +285,7 @@ class _Context:
                       training={"epochs": p.training.epochs,
                                 "batch_size": p.training.batch_size,
                                 "seed": p.training.seed},
+                      train=self.train_settings(),
                       field_params=", ".join(f["arg"] for f in self.fields()),
                       input_fields=[f for f in self.fields() if f["role"] == "input"],
                       input_field_params=", ".join(f["arg"] for f in self.fields()
@@ -460,10 +467,38 @@ class _Context:
             else:
                 irs.append(build_optimizer(TrainingSpec(optimizer=kind, learning_rate=lr),
                                            Namer()))
-        if chosen.kind not in OPTIMIZER_TYPE:
-            irs.append(chosen)
-        self._optimizers = [self._optimizer(ir, ir is chosen) for ir in irs]
+        # an lbfgs project: the three first-order types stay available for the mini-batch
+        # train(_:on:…optimizer:), with Adam as its default
+        first_order = chosen.kind in OPTIMIZER_TYPE
+        self._optimizers = [self._optimizer(ir, ir is chosen or (not first_order and
+                                                                 ir.kind == "adam"))
+                            for ir in irs]
         return self._optimizers
+
+    def train_settings(self) -> dict:
+        """The project's method, stopping rules, bounds and the line-search constants."""
+        t = self.program.training
+        T = self.scalar
+
+        def bound(v: float) -> str:
+            if v == float("inf"):
+                return f"{T}.infinity"
+            if v == float("-inf"):
+                return f"-{T}.infinity"
+            return self.lit(v)
+        return {
+            "method": t.method,
+            "first_order": t.method in OPTIMIZER_TYPE,
+            "max_iterations": t.max_iterations,
+            "gradient_tolerance": self.lit(t.gradient_tolerance),
+            "objective_tolerance": self.lit(t.objective_tolerance),
+            "history": t.history,
+            "lower": ", ".join(bound(v) for v in self.program.lower),
+            "upper": ", ".join(bound(v) for v in self.program.upper),
+            "eps": "1.1920929e-07" if T == "Float" else "2.220446049250313e-16",
+            "ls": LINE_SEARCH,
+            "reasons": [(lower_camel(r), r) for r in STOP_REASONS],
+        }
 
     def default_optimizer(self) -> str:
         return next(o["type"] for o in self.optimizers() if o["default"])
