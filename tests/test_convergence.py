@@ -415,3 +415,50 @@ def test_swift_follows_the_numpy_iterates(tmp_path, name, optimizer):
                      out.stdout, re.M)
     assert line and line.groups() == (report.optimizer, report.reason, str(report.iterations),
                                       str(report.evaluations), str(report.passes)), out.stdout
+
+
+# ---------------------------------------------------------------- Metal host (typecheck only)
+
+@pytest.mark.toolchain
+def test_metal_host_trains_with_a_report_and_lbfgs(tmp_path):
+    """The Metal host's train(options:onIteration:) — L-BFGS on the host with the GPU's value and
+    gradient (printed from the Swift package's L-BFGS template), and the first-order loop with
+    the stopping rules — type-checks against the Metal API stub, and the kernels of an lbfgs
+    project compile as strict C++ against the shim. (The host cannot run without a GPU; the
+    L-BFGS arithmetic it prints is the one the Swift tests above run.)"""
+    import subprocess
+    from conftest import require_tool
+    from test_metal_backend import CXX_FLAGS, SHIM_DIR
+    swiftc = require_tool("swiftc")
+    require_tool("g++")
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    subprocess.run([swiftc, "-emit-module", "-module-name", "Metal", "-parse-as-library",
+                    str(SHIM_DIR / "Metal.swift"), "-emit-module-path",
+                    str(stub / "Metal.swiftmodule")], check=True, cwd=stub)
+    for name, optimizer in (("trend", "lbfgs"), ("bounded", "lbfgs"), ("huber", "adam")):
+        spec, _ = iterate_subject(name, optimizer)
+        program = gradforge.compile_project(dataclasses.replace(spec, precision="float32"))
+        files = gradforge.emit(program, "metal")
+        trainer = next(text for rel, text in files.items() if rel.endswith("Trainer.swift"))
+        assert "public func train(options: Options = Options()" in trainer
+        assert ("MetalLBFGS(count:" in trainer) == (optimizer == "lbfgs")
+        folder = tmp_path / f"{name}_{optimizer}"
+        paths = []
+        for rel, text in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+            if rel.endswith(".swift"):
+                paths.append(str(folder / rel))
+        subprocess.run([swiftc, "-typecheck", "-I", str(stub), *paths], check=True)
+        metal = next(folder / rel for rel in files if rel.endswith(".metal"))
+        subprocess.run(["g++", *CXX_FLAGS, "-fsyntax-only", "-x", "c++", f"-I{SHIM_DIR}",
+                        str(metal)], check=True)
+
+
+def test_metal_refuses_bounds_for_first_order_methods():
+    from gradforge.errors import BackendError
+    spec = load_project(ROOT / "examples" / "decay" / "project.toml")
+    spec = with_training(dataclasses.replace(spec, precision="float32"), optimizer="adam")
+    with pytest.raises(BackendError, match="bounds with optimizer"):
+        gradforge.emit(gradforge.compile_project(spec), "metal")

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (check_training, Assignment, Backend, BackendError, Case, Option, Program,
+from gradforge.plugin_api import (LINE_SEARCH, STOP_REASONS, check_training, Assignment, Backend, BackendError, Case, Option, Program,
                                   Result, Toolchain, ToolchainError, check_vocabulary,
                                   decode_results, encode_cases, find_tool, header_text,
                                   hookimpl, render, run_tool, safe_names,
@@ -142,10 +142,19 @@ class CodeBlock:
 
 # ------------------------------------------------------------------------------ the backend
 
+def _lower_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 class MetalBackend(Backend):
     name = "metal"
     description = "Metal compute kernels + Swift host (GPU training on Apple devices)"
     comment_prefix = "//"
+    #: L-BFGS runs on the host with the GPU's value and gradient (bounds included); the GPU's
+    #: first-order step kernel does not project, so first-order methods refuse bounds.
+    training_methods = ("sgd", "momentum", "adam", "lbfgs")
+    supports_bounds = True
     #: The host module `<Name>Metal` must not take the name of a module the host imports or
     #: an app links beside it (the `.metal` file is read as a string, so it hides nothing).
     shadowed_names = {name: f"the system module {name}" for name in (
@@ -190,6 +199,10 @@ class MetalBackend(Backend):
                 f"this project without [backends.metal])")
         check_vocabulary(program, backend=self.name)
         check_training(program, self)
+        if program.bounded and program.training.method != "lbfgs":
+            raise BackendError("the metal backend supports parameter bounds with optimizer = "
+                               "\"lbfgs\" only (its GPU step kernel does not project); use "
+                               "lbfgs, or the c or swift backend")
         opts = dict(options)
         capacity = int(opts.get("max_threadgroup_size", 256))
         width_opt = int(opts.get("reduction_width", 8))
@@ -373,6 +386,9 @@ class MetalBackend(Backend):
         stores = [f"theta[i] = {names[opt.param.name]};"] + [
             f"{state_buffers[s.name]}[i] = {names[s.name]};" for s in states
             if s in assigned_o]
+        if not opt.element_update:
+            # lbfgs: no per-step formula (the host runs L-BFGS), the step is the identity
+            stores += ["(void)gradient;", "(void)hyper;"]
         unknown = needed_o - set(hyper_src) - set(scalar_src) - set(elem_src)
         if unknown:
             raise BackendError(f"optimizer reads unknown symbols {sorted(map(str, unknown))}")
@@ -462,6 +478,35 @@ class MetalBackend(Backend):
             "swift_source_type": upper_camel(program.name) + "MetalSource",
             "swift_error": upper_camel(program.name) + "MetalError",
             "op_count": lg.op_count(),
+            "train": self._train_settings(program),
+        }
+
+    @staticmethod
+    def _train_settings(program: Program) -> dict[str, Any]:
+        """Stopping rules, bounds and (for lbfgs) the shared Swift L-BFGS struct's text."""
+        t = program.training
+
+        def bound(v: float) -> str:
+            if v == float("inf"):
+                return "Float.infinity"
+            if v == float("-inf"):
+                return "-Float.infinity"
+            return shortest_repr(v, "float32")
+        lbfgs_type = upper_camel(program.name) + "MetalLBFGS"
+        return {
+            "method": t.method,
+            "max_iterations": t.max_iterations,
+            "gradient_tolerance": shortest_repr(t.gradient_tolerance, "float32"),
+            "objective_tolerance": shortest_repr(t.objective_tolerance, "float32"),
+            "history": t.history,
+            "lower": ", ".join(bound(v) for v in program.lower),
+            "upper": ", ".join(bound(v) for v in program.upper),
+            "reasons": [(_lower_camel(r), r) for r in STOP_REASONS],
+            "lbfgs_type": lbfgs_type,
+            # the Swift package's L-BFGS, printed from the same template (one algorithm)
+            "lbfgs": render("gradforge_swift", "LBFGS.swift.j2", T="Float", lbfgs=lbfgs_type,
+                            ls=LINE_SEARCH, eps="1.1920929e-07")
+            if t.method == "lbfgs" else "",
         }
 
     @staticmethod

@@ -285,7 +285,9 @@ class _Context:
                       training={"epochs": p.training.epochs,
                                 "batch_size": p.training.batch_size,
                                 "seed": p.training.seed},
-                      train=self.train_settings(),
+                      train=self.train_settings(), lbfgs=self.lbfgs_type(),
+                      ls=LINE_SEARCH, eps="1.1920929e-07" if self.scalar == "Float"
+                      else "2.220446049250313e-16",
                       field_params=", ".join(f["arg"] for f in self.fields()),
                       input_fields=[f for f in self.fields() if f["role"] == "input"],
                       input_field_params=", ".join(f["arg"] for f in self.fields()
@@ -499,6 +501,9 @@ class _Context:
             "ls": LINE_SEARCH,
             "reasons": [(lower_camel(r), r) for r in STOP_REASONS],
         }
+
+    def lbfgs_type(self) -> str:
+        return f"{self.module}LBFGS"
 
     def default_optimizer(self) -> str:
         return next(o["type"] for o in self.optimizers() if o["default"])
