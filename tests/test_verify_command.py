@@ -112,6 +112,15 @@ def test_random_parameters_stay_inside_the_domain(tmp_path, capsys):
     assert "pass" in capsys.readouterr().out
 
 
+def test_random_parameters_stay_inside_their_bounds(tmp_path):
+    text = with_ranges().replace("b = 0.2", "b = { init = 0.2, lower = 0.0, upper = 0.5 }")
+    spec = load_project(write(tmp_path, text))
+    cases = make_cases(spec, count=12, seed=1)
+    assert all(0.0 <= case.params[1] <= 0.5 for case in cases)
+    assert any(case.params[1] == 0.0 for case in cases)      # the draw did go below
+    assert cli.main(["verify", str(tmp_path / "project.toml"), "--cases", "4"]) == 0
+
+
 def test_verify_data_uses_real_rows(tmp_path, capsys):
     project = write(tmp_path, LOG_MODEL)           # no ranges: the rows decide
     data = write(tmp_path, "y,x,comment\n" + "".join(

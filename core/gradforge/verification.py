@@ -6,6 +6,7 @@ are judged against the gradient's scale, the way accumulated rounding actually b
 """
 from __future__ import annotations
 
+import math
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -29,14 +30,17 @@ SHRINK = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)
 def make_cases(spec: ProjectSpec, count: int = 3, samples: Sequence[int] = (13, 50),
                seed: int = 0, data: Mapping[str, Sequence[tuple[float, ...]]] | None = None,
                in_domain: Callable[[Case], bool] | None = None) -> list[Case]:
-    """Seeded cases: θ near its initial value (±0.5), constants perturbed by up to 10%, and
-    per-sample fields uniform in their declared ``range``, else ~ N(0, 1) — or, with
-    ``data``, consecutive real rows. With ``in_domain``, a case outside the model's domain
+    """Seeded cases: θ near its initial value (±0.5, inside its lower/upper bounds),
+    constants perturbed by up to 10%, and per-sample fields uniform in their declared
+    ``range``, else ~ N(0, 1) — or, with ``data``, consecutive real rows. With ``in_domain``, a case outside the model's domain
     draws again with θ closer to its initial value (down to the initial value itself)."""
     rng = random.Random(seed)
     cases = []
     rnd = float32_round if spec.precision == "float32" else float
     total = len(next(iter(data.values()))) if data else 0
+    init = [v for p in spec.parameters for v in p.init]
+    lows = [v for p in spec.parameters for v in (p.lower or (-math.inf,) * p.size)]
+    highs = [v for p in spec.parameters for v in (p.upper or (math.inf,) * p.size)]
     start = 0
     for k in range(count):
         n = samples[k % len(samples)]
@@ -52,9 +56,9 @@ def make_cases(spec: ProjectSpec, count: int = 3, samples: Sequence[int] = (13, 
                                     for _ in range(n)) for f in spec.fields}
         constants = {c.name: rnd(c.default * (1 + 0.1 * rng.uniform(-1, 1)))
                      for c in spec.constants}
-        init = [v for p in spec.parameters for v in p.init]
         for scale in SHRINK if in_domain else SHRINK[:1]:
-            case = Case(tuple(rnd(v + scale * u) for v, u in zip(init, offsets)),
+            case = Case(tuple(rnd(min(max(v + scale * u, low), high))
+                              for v, u, low, high in zip(init, offsets, lows, highs)),
                         fields, constants)
             if in_domain is None or in_domain(case):
                 break
