@@ -107,7 +107,8 @@ def test_shuffle_is_the_shared_fisher_yates(tmp_path):
             out.append(order)
         return out
 
-    for n, seed in ((1, 3), (2, 0), (17, 7), (1000, 2**63 + 5)):
+    for n, seed in ((1, 3), (2, 0), (17, 7), (1000, 2**63 + 5), (1025, 1), (4099, 11),
+                    (60_000, 2**64 - 1)):
         rng = module.SplitMix64(seed)
         got = [module.permutation(n, rng).tolist() for _ in range(3)]
         assert got == reference(n, seed & mask, 3)
@@ -363,3 +364,19 @@ def test_c_backend_runs_the_generated_c_trainer(cache):
     stop = gradforge.train(DECAY / "project.toml", DECAY / "data.csv", backend="c",
                            callback=lambda it: it.iteration == 2)
     assert stop.reason == "callback" and stop.iterations == 2
+
+
+def test_predict_with_c_equals_numpy(tmp_path, cache):
+    need_cc()
+    gradforge.train(MLP / "project.toml", MLP / "data.csv", max_iterations=3,
+                    params_out=tmp_path / "p.json")
+    inputs = tmp_path / "inputs.csv"
+    rows = (MLP / "data.csv").read_text().splitlines()
+    inputs.write_text("\n".join(",".join(r.split(",")[:3]) for r in rows) + "\n")  # no y
+    a = gradforge.predict(MLP / "project.toml", tmp_path / "p.json", inputs)
+    b = gradforge.predict(MLP / "project.toml", tmp_path / "p.json", inputs, backend="c",
+                          out=tmp_path / "pred.csv")
+    numpy.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)         # float32 model
+    assert len(a) == len(rows) - 1
+    header = (tmp_path / "pred.csv").read_text().splitlines()[0].replace('"', "")
+    assert header == "x[0],x[1],x[2],prediction"
