@@ -28,6 +28,11 @@ class OutsideDomain(GradforgeError):
     infinite value. Not a backend mismatch; the case has no finite real answer."""
 
 
+def _real(value) -> bool:
+    """A real number, possibly NaN or infinite (None and mpc are not)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, mpmath.mpf))
+
+
 def _finite_real(value) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float, mpmath.mpf)):
         return False          # None (a division by zero) or mpc (log/sqrt of a negative)
@@ -192,10 +197,14 @@ class Reference:
             value, g = chain.evaluate(args, gradient)
         except (ZeroDivisionError, ValueError, OverflowError):
             value, g = None, None
+        # A NaN or infinite field value is data, not a domain error: the documented edge rules
+        # (docs/semantics.md) say what comes out, so only a complex or undefined result is
+        # refused then.
+        ok = _finite_real if all(_finite_real(a) for a in args) else _real
         bad = None
-        if not _finite_real(value):
+        if not ok(value):
             bad = what
-        elif gradient and not all(_finite_real(v) for v in g):
+        elif gradient and not all(ok(v) for v in g):
             bad = f"the gradient of the {what}"
         if bad is not None:
             raise OutsideDomain(f"{bad} is not a finite real number "
