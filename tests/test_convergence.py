@@ -366,7 +366,8 @@ def test_c_follows_the_numpy_iterates(tmp_path, name, optimizer):
     assert abs(whole.objective - full.objective) <= 1e-10 * max(1.0, abs(full.objective))
 
 
-SWIFT_SUBJECTS = [("trend", "lbfgs"), ("bounded", "lbfgs"), ("huber", "adam")]
+SWIFT_SUBJECTS = [("trend", "lbfgs"), ("bounded", "lbfgs"), ("huber", "adam"),
+                  ("decay", "levenberg_marquardt"), ("bounded", "levenberg_marquardt")]
 
 
 @pytest.mark.toolchain

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (LINE_SEARCH, STOP_REASONS, check_training, Backend, BackendError, Case, Kernel, Namer,
+from gradforge.plugin_api import (DAMPING, LINE_SEARCH, STOP_REASONS, check_training, Backend, BackendError, Case, Kernel, Namer,
                                   Optimizer, Option, Program,
                                   ProjectError, Result, Toolchain, ToolchainError,
                                   TrainingSpec, build_optimizer, check_vocabulary,
@@ -135,7 +135,7 @@ UNROLL_MAX_ACCUMULATORS = 16
 
 
 class SwiftBackend(Backend):
-    training_methods = ("sgd", "momentum", "adam", "lbfgs")
+    training_methods = ("sgd", "momentum", "adam", "lbfgs", "levenberg_marquardt")
     supports_bounds = True
     name = "swift"
     description = "SwiftPM package: library (no Foundation), XCTest tests, CSV trainer"
@@ -435,9 +435,34 @@ class _Context:
                 + [("return ", reg.output("value"))])
             regularizer = {"value": value, "gradient": gradient}
         self._kernels = {"predict": predict, "loss": loss, "loss_and_gradient": loss_grad,
-                         "regularizer": regularizer,
+                         "regularizer": regularizer, "residuals": self._residuals(),
                          "op_count": sum(k.op_count() for _, k in p.kernels())}
         return self._kernels
+
+    def _residuals(self) -> list[dict]:
+        """Levenberg–Marquardt: per residual kernel, code that adds r², r·(Jacobian row) into
+        Jᵀr and the row's outer product into the upper triangle of JᵀJ."""
+        P = self.program.num_params
+        T = self.scalar
+        out = []
+        groups = [("sample", k) for k in self.program.residuals] + \
+            [("regularizer", k) for k in self.program.regularizer_residuals]
+        for number, (group, kernel) in enumerate(groups):
+            outputs = [(f"let _r: {T} = ", kernel.output("residual"))]
+            outputs += [(f"let _j{i}: {T} = ", g) for i, g in kernel.gradient]
+            entries = [i for i, _ in kernel.gradient]
+            accumulate = ["_total += _r * _r"]
+            accumulate += [f"_jtr[{i}] += _j{i} * _r" for i in entries]
+            accumulate += [f"_jtj[{a * P + b}] += _j{a} * _j{b}"
+                           for pos, a in enumerate(entries) for b in entries[pos:]]
+            if group == "sample":
+                parts = self._sample_kernel(kernel, outputs)
+                before, loop = parts["before"], parts["loop"] + accumulate
+            else:
+                before, loop = self._param_block(kernel, outputs) + accumulate, []
+            out.append({"name": f"residual{number}", "group": group, "before": before,
+                        "loop": loop})
+        return out
 
     def _param_block(self, kernel: Kernel, outputs: list[tuple[str, sp.Expr]]) -> list[str]:
         """Code over parameters and constants only (the regularizer)."""
@@ -500,6 +525,7 @@ class _Context:
             "eps": "1.1920929e-07" if T == "Float" else "2.220446049250313e-16",
             "ls": LINE_SEARCH,
             "reasons": [(lower_camel(r), r) for r in STOP_REASONS],
+            "tau": self.lit(DAMPING.tau), "max_rejections": DAMPING.max_rejections,
         }
 
     def lbfgs_type(self) -> str:
