@@ -145,6 +145,20 @@ def test_generated_files_honour_the_umask(tmp_path, umask):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, oct(path.stat().st_mode)
 
 
+def test_train_and_predict_outputs_honour_the_umask(tmp_path, monkeypatch):
+    project = copy_example("trend", tmp_path)
+    monkeypatch.chdir(project.parent)
+    previous = os.umask(0o022)
+    try:
+        assert cli.main(["train", ".", "data.csv", "--quiet", "--params-out", "p.json"]) == 0
+        assert cli.main(["predict", ".", "data.csv", "--params", "p.json", "--out",
+                         "q.csv"]) == 0
+    finally:
+        os.umask(previous)
+    for name in ("p.json", "q.csv"):
+        assert (project.parent / name).stat().st_mode & 0o777 == 0o644, name
+
+
 def test_numpy_output_imports_with_the_base_dependencies(tmp_path):
     """What the NumPy backend's module imports must come with `pip install gradforge`
     (the README's first command), not only with the [test] extra."""

@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("project", type=Path, help=PROJECT_HELP)
     verify.add_argument("--backend", action="append", metavar="NAME",
                         help="verify only this backend (repeatable; default: all in [backends])")
-    verify.add_argument("--cases", type=int, default=3,
+    verify.add_argument("--cases", type=int, default=3, metavar="N",
                         help="number of cases (default 3)")
-    verify.add_argument("--seed", type=int, default=0,
+    verify.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the random parameters and data (default 0)")
     verify.add_argument("--data", metavar="FILE",
                         help="CSV/Parquet file (or folder, or glob) with columns named like "

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import GradforgeError
+from .writer import file_mode
 
 FORMAT = "gradforge-params/1"
 
@@ -146,6 +147,7 @@ def write(path: str | Path, pf: ParamsFile, twin: bool = True) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
+            os.fchmod(fd, file_mode())       # the umask's mode, not mkstemp's 0600
             with os.fdopen(fd, "w") as handle:
                 handle.write(content)
             os.replace(tmp, target)

@@ -29,6 +29,7 @@ import numpy
 
 from . import params_file
 from .data import DataError, Dataset, read_dataset, split
+from .writer import file_mode
 from .errors import GradforgeError, ProjectError
 from .project import ProjectSpec, load_project
 
@@ -570,6 +571,7 @@ def write_predictions(out: str | Path, program, dataset: Dataset, values) -> Pat
     arrays.append(pa.array(numpy.asarray(values)))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    os.fchmod(fd, file_mode())           # the umask's mode, not mkstemp's 0600
     os.close(fd)
     try:
         pacsv.write_csv(pa.table(arrays, names=names), tmp)

@@ -161,8 +161,9 @@ def changes(outputs: list[Output]) -> list[Path]:
     return changed
 
 
-def _file_mode() -> int:
-    """The mode ``open()`` would give a new file: 0o666 less the umask (mkstemp uses 0o600)."""
+def file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the umask (mkstemp uses 0o600;
+    every file gradforge writes through a temporary file gets this mode instead)."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
@@ -172,7 +173,7 @@ def _atomic_write(target: Path, text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        os.fchmod(fd, _file_mode())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
         os.replace(tmp, target)
