@@ -7,6 +7,7 @@ tan sees a value in (-0.9, 0.9), exp sees tanh(u) or -u².
 from __future__ import annotations
 
 import random
+import re
 
 from hypothesis import strategies as st
 
@@ -91,3 +92,128 @@ def projects(precision: str = "float64"):
                                                                optimizer=opt),
                      prediction_expressions, expressions,
                      st.sampled_from(["sgd", "momentum", "adam"]))
+
+
+# ------------------------------------------------------------------ whole project files (fuzzer)
+#
+# The differential fuzzer (tests/test_fuzz.py) writes whole project files: several parameter
+# shapes, scalar and array definitions that use each other, every function of the vocabulary,
+# n-ary max/min, comparisons joined with and/or/not, negative and fractional powers of
+# Piecewise-valued bases, % and // in indices, nested sums with filters, float32 and float64,
+# mean and sum, and constants the cases override at run time. Every expression stays inside
+# its domain (log and sqrt of 1 + u², divisions by 1 + u² or by positive Piecewise forms).
+
+FUZZ_PARAMETERS = """\
+[parameters]
+p = 0.3
+q = -0.7
+w = { shape = [3], init = [0.5, -0.25, 0.8] }
+M = { shape = [2, 3], init = [[0.2, -0.4, 0.1], [0.3, 0.15, -0.6]] }
+"""
+
+FUZZ_FIELDS = """\
+[inputs]
+x = { shape = [4] }
+z = {}
+
+[targets]
+y = {}
+
+[constants]
+k = 0.8
+g = 1.5
+"""
+
+_FUZZ_LEAVES = ["p", "q", "w[0]", "w[1]", "w[2]", "M[0, 1]", "M[1, 2]", "x[0]", "x[1]", "x[3]",
+                "z", "k", "g", "1.25", "0.5", "-0.75"]
+
+_FUZZ_UNARY = [
+    "abs({0})", "sign({0})*{0}", "exp(tanh({0}))", "exp(-({0})**2)", "log(1 + ({0})**2)",
+    "sqrt(1 + ({0})**2)", "sin({0})", "cos({0})", "tan(0.9*tanh({0}))", "tanh({0})",
+    "sigmoid({0})", "softplus({0})", "relu({0})", "clip({0}, -0.5, 0.75)", "-({0})",
+    "({0})**3", "({0})**2",
+    # powers of Piecewise-valued bases, negative and fractional (printing/precedence traps)
+    "(1 + relu({0}))**-0.5", "(1.5 + sigmoid({0}))**-2", "(1 + softplus({0}))**1.5",
+    "(2 + clip({0}, -1, 1))**-1.5", "(1 + abs({0}))**-1", "(1 + max({0}, 0.2, -({0})))**0.5",
+    "1.5/(1 + relu({0}))**-0.5", "2/(3 + where({0} > 0, {0}, -({0}))/(1 + ({0})**2))**-2",
+    "(0.5 + sigmoid({0}))**-0.5*(1 + softplus(-({0})))**-1",
+]
+_FUZZ_BINARY = [
+    "({0}) + ({1})", "({0}) - ({1})", "({0})*({1})", "({0})/(1 + ({1})**2)",
+    "max({0}, {1})", "min({0}, {1})", "max({0}, {1}, {2})", "min({0}, {1}, {2})",
+    "max([{0}, {1}, {2}, 0.1])", "min([{0}, -({1}), {2}])",
+    "where({0} > 0.1, {1}, {2})", "where({0} < {1} and {2} > -0.3, {1}, {2})",
+    "where({0} > 0 or not ({1} > 0.2), {0}, {2})", "where(not ({0} < {1}), {2}, {1})",
+    "dot(w, [{0}, {1}, 1.5])", "({0})/(2 + sigmoid({1}))**-1",
+]
+#: Loops with % and // indices and filters (j, i are loop variables).
+_FUZZ_LOOPS = [
+    "sum(w[j]*x[(j + 1) % 4] for j in range(3))",
+    "sum(M[j // 3, j % 3]*x[j % 4] for j in range(6))",
+    "sum(sum(M[i, j]*x[j] for j in range(3) if j != i) for i in range(2))",
+    "sum(w[j]*({0}) for j in range(3) if j % 2 == 0)",
+    "sum(tanh(M[i, j] + ({0})) for i in range(2) for j in range(i, 3))",
+    "max(w)", "min([M[1, j] - x[j] for j in range(3)])", "dot(w, h)", "sum(h)",
+    "max(h) - min(h)", "sum(h[j]*x[3 - j] for j in range(3) if j // 2 == 0)",
+]
+_FUZZ_ARRAYS = [
+    "[tanh(w[j]*x[j] + {0}) for j in range(3)]",
+    "[relu(M[0, j] - x[j]) + ({0}) for j in range(3)]",
+    "tanh(w*[x[0], x[1], x[2]] + {0})",
+    "max(w, [{0}, x[1], x[2]], [M[1, 0], M[1, 1], M[1, 2]])",
+    "w*w + sigmoid([x[1], {0}, x[3]])",
+    "[sum(M[i, j] for i in range(2))*x[j] for j in range(3)]",
+]
+_FUZZ_LOSSES = [
+    "(prediction - y)**2/2 + 0.25*u",
+    "where(abs(prediction - y) <= k, 0.5*(prediction - y)**2, k*(abs(prediction - y) - 0.5*k)) + 0.1*u",
+    "softplus(-y*prediction) + 0.2*u**2",
+    "abs(prediction - y) + 0.1*relu(u)",
+    "log(1 + (prediction - y)**2) + 0.05*u",
+]
+_FUZZ_REGULARIZERS = [
+    None, "0.01*k*(p**2 + dot(w, w))",
+    "1e-3*sum(M[i, j]**2 for i in range(2) for j in range(3)) + 0.01*relu(q)",
+]
+
+
+def fuzz_expression(rng: random.Random, depth: int, names: list[str], arrays: bool = True) -> str:
+    """A random scalar expression over ``_FUZZ_LEAVES`` plus ``names`` (earlier definitions);
+    ``arrays``: whether the array definition ``h`` may be used."""
+    if depth == 0 or rng.random() < 0.15:
+        return rng.choice(_FUZZ_LEAVES + names)
+    roll = rng.random()
+    if roll < 0.45:
+        return rng.choice(_FUZZ_UNARY).format(fuzz_expression(rng, depth - 1, names, arrays))
+    if roll < 0.9:
+        args = [fuzz_expression(rng, depth - 1, names, arrays) for _ in range(3)]
+        return rng.choice(_FUZZ_BINARY).format(*args)
+    loops = [t for t in _FUZZ_LOOPS if arrays or not re.search(r"\bh\b", t)]
+    return rng.choice(loops).format(fuzz_expression(rng, depth - 1, names, arrays))
+
+
+def fuzz_project_text(seed: int, depth: int = 3) -> str:
+    """A whole project file (TOML text) drawn from ``seed``; the same seed, the same text."""
+    rng = random.Random(seed)
+    precision = rng.choice(["float32", "float64"])
+    scalars: list[str] = []
+    lines = []
+    for name in ("d0", "d1"):
+        lines.append(f'{name} = "{fuzz_expression(rng, depth - 1, scalars, arrays=False)}"')
+        scalars.append(name)
+    lines.append(f'h = "{rng.choice(_FUZZ_ARRAYS).format(fuzz_expression(rng, 1, scalars, False))}"')
+    lines.append(f'u = "{fuzz_expression(rng, depth, scalars)}"')
+    loops = list(_FUZZ_LOOPS)
+    prediction = (f"({fuzz_expression(rng, depth, scalars)}) + p*z + q + "
+                  f"{rng.choice(loops).format(rng.choice(scalars))}")
+    regularization = rng.choice(_FUZZ_REGULARIZERS)
+    optimizer = rng.choice(["sgd", "momentum", "adam"])
+    text = [f'[project]\nname = "fz{seed}"\nprecision = "{precision}"\n', FUZZ_PARAMETERS,
+            FUZZ_FIELDS, "[model.definitions]\n" + "\n".join(lines) + "\n",
+            "[model]", f'prediction = "{prediction}"', f'loss = "{rng.choice(_FUZZ_LOSSES)}"',
+            f'reduction = "{rng.choice(["mean", "sum"])}"']
+    if regularization:
+        text.append(f'regularization = "{regularization}"')
+    text += ["", "[training]", f'optimizer = "{optimizer}"', "learning_rate = 0.02",
+             "epochs = 3", f"batch_size = {rng.choice([0, 3, 4])}", f"seed = {seed % 1000}", ""]
+    return "\n".join(text)

@@ -182,6 +182,8 @@ _INT_COMPARE = {ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b,
                 ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
                 ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b}
 MAX_UNROLL = 1_000_000
+#: Operators whose written chains (a + b - c, a*b*c) are parsed with a loop, not recursion.
+_CHAIN = {ast.Add: "sum", ast.Sub: "sum", ast.Mult: "product"}
 
 
 def number(value: float | int) -> sp.Expr:
@@ -278,12 +280,27 @@ class ExpressionParser:
         if isinstance(node.op, ast.UAdd):
             return operand
         if isinstance(node.op, ast.Not):
-            return (not operand) if isinstance(operand, bool) else sp.Not(self.condition(node, operand))
+            if isinstance(operand, bool):
+                return not operand
+            # kept as written: SymPy would turn not (x > 0) into x <= 0, which differs at NaN
+            # (every comparison with NaN is false, its negation true; docs/semantics.md)
+            return sp.Not(self.condition(node, operand), evaluate=False)
         raise self.fail(node, "unsupported unary operator")
 
     def visit_BinOp(self, node: ast.BinOp, loops) -> Value:
-        left = self.visit(node.left, loops)
-        right = self.visit(node.right, loops)
+        # a + b + c + … is a left-leaning chain as deep as it is long: walk its spine with a
+        # loop, so that a sum of thousands of written terms does not exhaust the stack
+        family = _CHAIN.get(type(node.op))
+        spine = [node]
+        while family and isinstance(spine[-1].left, ast.BinOp) \
+                and _CHAIN.get(type(spine[-1].left.op)) == family:
+            spine.append(spine[-1].left)
+        value = self.visit(spine[-1].left, loops)
+        for link in reversed(spine):
+            value = self.binary(link, value, self.visit(link.right, loops))
+        return value
+
+    def binary(self, node: ast.BinOp, left: Value, right: Value) -> Value:
         if isinstance(node.op, ast.Pow):
             if _is_int(left) and _is_int(right) and right >= 0:
                 return left ** right

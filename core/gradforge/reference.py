@@ -50,7 +50,10 @@ class Expected:
 
 
 def _no_delta(expr: sp.Expr) -> sp.Expr:
-    """Away from kinks the derivative of sign is 0; sympy.diff writes it as DiracDelta."""
+    """Away from kinks the derivative of sign is 0; sympy.diff writes it as DiracDelta, or as
+    an unevaluated ``Derivative(sign(u), x)`` when it cannot decide (u = x**1.5)."""
+    expr = expr.replace(lambda e: isinstance(e, sp.Derivative) and isinstance(e.expr, sp.sign),
+                        lambda e: sp.Integer(0))
     return expr.replace(sp.DiracDelta, lambda *args: sp.Integer(0))
 
 
@@ -76,10 +79,25 @@ class _Step:
     """One let (or output): value function and sympy.diff partials w.r.t. its direct inputs."""
 
     def __init__(self, expr: sp.Expr, args: list[sp.Symbol], active: set[sp.Symbol]):
-        self.value = _lambdify(args, expr)
+        # compiled over the symbols it reads, not over every leaf and earlier let: lambdify's
+        # cost grows with its argument list, which made large models quadratic
+        position = {s: i for i, s in enumerate(args)}
+        used = sorted(expr.free_symbols, key=lambda s: s.name)
+        self.index = [position[s] for s in used]
+        self._value = _lambdify(used, expr)
         self.deps = sorted((s for s in expr.free_symbols if s in active), key=lambda s: s.name)
         partials = [_no_delta(sp.diff(expr, d)) for d in self.deps]
-        self.partials = _lambdify(args, partials) if partials else None
+        self._partials = _lambdify(used, partials) if partials else None
+
+    def value(self, values):
+        return self._value(*[values[i] for i in self.index])
+
+    @property
+    def has_partials(self) -> bool:
+        return self._partials is not None
+
+    def partials(self, values):
+        return self._partials(*[values[i] for i in self.index])
 
 
 def _lift_piecewise(expr, lets: list, counter: list[int]):
@@ -125,10 +143,10 @@ class _Chain:
         tangents: dict[sp.Symbol, list] = {}
 
         def tangent(step: _Step):
-            if not gradient or step.partials is None:
+            if not gradient or not step.has_partials:
                 return None
             out = [mpmath.mpf(0)] * self.size
-            for dep, partial in zip(step.deps, step.partials(*values)):
+            for dep, partial in zip(step.deps, step.partials(values)):
                 if dep in self.theta_index:
                     out[self.theta_index[dep]] += partial
                 elif dep in tangents and tangents[dep] is not None:
@@ -137,12 +155,12 @@ class _Chain:
 
         for symbol, step in self.steps:
             tangents[symbol] = tangent(step)
-            values.append(step.value(*values))
+            values.append(step.value(values))
         assert len(values) == len(where)
         grad = tangent(self.output) if gradient else None
         if gradient and grad is None:
             grad = [mpmath.mpf(0)] * self.size
-        return self.output.value(*values), grad
+        return self.output.value(values), grad
 
 
 class Reference:
@@ -152,8 +170,11 @@ class Reference:
     with respect to its direct inputs, chained forward (not gradforge's reverse sweep).
     """
 
-    def __init__(self, spec_or_model: ProjectSpec | Model):
+    def __init__(self, spec_or_model: ProjectSpec | Model, ieee: bool = False):
+        """``ieee``: return NaN and ±inf where a case leaves the finite domain (the edge-data
+        rules of docs/semantics.md) instead of raising :class:`OutsideDomain`."""
         model = spec_or_model if isinstance(spec_or_model, Model) else build_model(spec_or_model)
+        self.ieee = ieee
         self.model = model
         self.spec = model.spec
         theta = list(model.parameter_symbols)
@@ -197,6 +218,12 @@ class Reference:
             value, g = chain.evaluate(args, gradient)
         except (ZeroDivisionError, ValueError, OverflowError):
             value, g = None, None
+        if self.ieee:
+            def real(v):
+                return v if isinstance(v, (int, float, mpmath.mpf)) \
+                    and not isinstance(v, bool) else mpmath.nan
+            return real(value), ([real(v) for v in g] if gradient and g is not None
+                                 else [mpmath.nan] * len(self.theta) if gradient else g)
         # A NaN or infinite field value is data, not a domain error: the documented edge rules
         # (docs/semantics.md) say what comes out, so only a complex or undefined result is
         # refused then.
