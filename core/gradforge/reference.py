@@ -206,18 +206,14 @@ class Reference:
 
     def _checked(self, chain: "_Chain", args, gradient: bool, what: str, case: Case,
                  sample: int | None):
-        """``chain`` evaluated, or :class:`OutsideDomain` naming the value and the sample.
-        Non-finite inputs (NaN or ±inf data) are not a domain problem: their NaN/inf results
-        propagate as docs/semantics.md states (a complex one becomes NaN)."""
-        if not all(mpmath.isfinite(a) for a in args):
-            value, g = chain.evaluate(args, gradient)
-            nan = mpmath.mpf("nan")
-            real = (lambda v: v if not isinstance(v, mpmath.mpc) else nan)
-            return real(value), (None if g is None else [real(v) for v in g])
+        """``chain`` evaluated, or :class:`OutsideDomain` naming the value and the sample
+        (with ``ieee``: NaN where the value is complex or undefined)."""
         try:
             value, g = chain.evaluate(args, gradient)
         except (ZeroDivisionError, ValueError, OverflowError):
             value, g = None, None
+        if _finite_real(value) and (not gradient or all(_finite_real(v) for v in g)):
+            return value, g           # the common case: the inputs are not looked at
         if self.ieee:
             def real(v):
                 return v if isinstance(v, (int, float, mpmath.mpf)) \
