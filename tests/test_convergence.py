@@ -463,3 +463,66 @@ def test_metal_refuses_bounds_for_first_order_methods():
     spec = with_training(dataclasses.replace(spec, precision="float32"), optimizer="adam")
     with pytest.raises(BackendError, match="bounds with optimizer"):
         gradforge.emit(gradforge.compile_project(spec), "metal")
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_c_never_accepts_non_finite_and_stops_on_request(tmp_path, optimizer):
+    """C: log(a) with steps that make a < 0 — SGD stops with non_finite and the last finite
+    parameters, L-BFGS backtracks and converges; both equal the NumPy module's. With L-BFGS a
+    callback that answers nonzero at iteration 2 stops with NAME_STOP_CALLBACK after 2
+    iterations; a NaN at the start is non_finite for both."""
+    import subprocess
+    from conftest import require_tool
+    from gradforge_c.plugin import CBackend
+    require_tool("gcc")
+    extra = {"learning_rate": 50.0, "epochs": 20, "batch_size": 0} if optimizer == "sgd" else {}
+    spec = gradforge.ProjectSpec.create(
+        name="logfit", parameters={"a": 1.0}, inputs={"x": {}}, targets={"y": {}},
+        prediction="log(a)*x", loss="(prediction - y)**2",
+        training={"optimizer": optimizer, **extra})
+    program = gradforge.compile_project(spec)
+    x = np.linspace(1, 2, 20)
+    data = {"x": x, "y": -2.0 * x}
+    m = load(tmp_path, spec)
+    with np.errstate(all="ignore"):
+        want = m.train(m.init_params(), data)
+    run = CBackend().train(program, {"x": [[v] for v in x], "y": [[-2.0 * v] for v in x]},
+                           tmp_path / "c")
+    assert run.reason == want.reason, (run, want)
+    assert run.reason == "non_finite" if optimizer == "sgd" else want.converged
+    assert math.isfinite(run.params[0])
+    assert abs(run.params[0] - float(want.params["a"])) <= 1e-12 * max(1.0, abs(run.params[0]))
+    driver = """#include "logfit.h"
+#include <stdio.h>
+static int stop_at_two(const logfit_report *so_far, void *ctx)
+{
+    (void)ctx;
+    return so_far->iterations >= 2;
+}
+int main(void)
+{
+    static double x[20], y[20], params[LOGFIT_NUM_PARAMS];
+    static logfit_workspace work;
+    logfit_report report;
+    logfit_data d;
+    int i, reason;
+    for (i = 0; i < 20; ++i) {
+        x[i] = 1.0 + (double)i / 19.0;
+        y[i] = -2.0 * x[i];
+    }
+    d.x = x; d.y = y; d.n = 20;
+    logfit_init_params(params);
+    logfit_workspace_init(&work);
+    reason = logfit_train(params, &d, NULL, NULL, &work, stop_at_two, NULL, &report);
+    printf("%d %s %lu\\n", reason, logfit_stop_name(reason), report.iterations);
+    params[0] = -1.0;   /* outside no bound here, but log(-1) is NaN at the start */
+    reason = logfit_train(params, &d, NULL, NULL, &work, NULL, NULL, &report);
+    printf("%d %s\\n", reason, logfit_stop_name(reason));
+    return 0;
+}
+"""
+    binary = CBackend().build(program, tmp_path / "driver", {"driver.c": driver})
+    out = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split()
+    first = ["5", "non_finite", "0"] if optimizer == "sgd" else ["6", "callback", "2"]
+    assert out == first + ["5", "non_finite"], out
