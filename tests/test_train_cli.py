@@ -380,3 +380,25 @@ def test_predict_with_c_equals_numpy(tmp_path, cache):
     assert len(a) == len(rows) - 1
     header = (tmp_path / "pred.csv").read_text().splitlines()[0].replace('"', "")
     assert header == "x[0],x[1],x[2],prediction"
+
+
+def test_bad_parquet_cells_name_file_row_and_column(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    text = tmp_path / "text.parquet"
+    pq.write_table(pa.table({"x": ["1.0", "2.5", "oops"], "y": [1.0, 2.0, 3.0]}), text)
+    code, stdout, err = run(["train", TREND / "project.toml", text, "--params-out",
+                             tmp_path / "p.json"], capsys)
+    assert code == 2 and f"{text}: row 3, column 'x': 'oops' is not a number" in err
+    nulls = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"x": [1.0, None, 3.0], "y": [1.0, 2.0, 3.0]}), nulls)
+    code, stdout, err = run(["train", TREND / "project.toml", nulls, "--params-out",
+                             tmp_path / "p.json"], capsys)
+    assert code == 2 and f"{nulls}: row 2, column 'x': empty cell" in err
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"x": pa.array([], pa.float64()), "y": pa.array([], pa.float64())}),
+                   empty)
+    code, stdout, err = run(["train", TREND / "project.toml", empty, "--params-out",
+                             tmp_path / "p.json"], capsys)
+    assert code == 2 and "no rows" in err
+    assert not (tmp_path / "p.json").exists()

@@ -98,7 +98,11 @@ def compile_library(files: Mapping[str, str], name: str) -> Path:
     library = folder / f"lib{name}.so"
     if library.exists():
         return library
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:                      # an unwritable cache: compile into a private folder
+        folder = Path(tempfile.mkdtemp(prefix="gradforge-c-"))
+        library = folder / f"lib{name}.so"
     with tempfile.TemporaryDirectory(dir=folder) as work:
         for rel, text in files.items():
             (Path(work) / rel).write_text(text)
