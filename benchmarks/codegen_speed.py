@@ -53,7 +53,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
 
 import gradforge  # noqa: E402
 from gradforge.model import build_model  # noqa: E402
-from gradforge.plugin_api import write_files  # noqa: E402
+from gradforge.plugin_api import TrainingSpec, write_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -417,8 +417,15 @@ def numpy_side(program, folder: Path, data, reps: int):
     return float(value), best
 
 
-def swift_side(program, folder: Path, n: int, reps: int):
+def swift_side(program, spec, folder: Path, n: int, reps: int):
     from swift_vs_c import swift_side as build_and_run
+    if spec.training.optimizer not in ("sgd", "momentum", "adam") or any(
+            p.lower or p.upper for p in spec.parameters):
+        # neither the optimizer nor bounds change value_and_grad; the Swift package trains
+        # first-order and unbounded only
+        spec = dataclasses.replace(spec, training=TrainingSpec(), parameters=tuple(
+            dataclasses.replace(p, lower=None, upper=None) for p in spec.parameters))
+        program = gradforge.compile_project(spec)
     result = build_and_run(program, folder, n, reps)
     return result["value"], result["time_s"]
 
@@ -476,8 +483,8 @@ def main() -> int:
         row["CasADi fast"] = casadi if isinstance(casadi, str) else casadi[1]
         row["JAX"] = attempt("JAX", jax_side, program, spec, data, args.reps)
         if args.swift:
-            row["Swift"] = attempt("Swift", swift_side, program, work / label / "swift", n,
-                                   args.reps)
+            row["Swift"] = attempt("Swift", swift_side, program, spec, work / label / "swift",
+                                   n, args.reps)
         row["NumPy"] = attempt("NumPy", numpy_side, program, work / label / "numpy", data,
                                max(1, args.reps // 2))
         reference = row["C"][0]
