@@ -402,3 +402,13 @@ def test_bad_parquet_cells_name_file_row_and_column(tmp_path, capsys):
                              tmp_path / "p.json"], capsys)
     assert code == 2 and "no rows" in err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_optimizer_override_errors_name_the_option(tmp_path, capsys):
+    code, _, err = run(["train", TREND / "project.toml", TREND / "data.csv", "--optimizer",
+                        "lm", "--params-out", tmp_path / "p.json"], capsys)
+    assert code == 2 and err.startswith("error: --optimizer lm: levenberg_marquardt needs a "
+                                        "least-squares loss")
+    code, _, err = run(["train", TREND / "project.toml", TREND / "data.csv", "--optimizer",
+                        "lbgfs"], capsys)
+    assert code == 2 and "did you mean 'lbfgs'?" in err and len(err.splitlines()) == 1

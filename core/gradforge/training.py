@@ -408,7 +408,13 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
                                        learning_rate, seed, gradient_tolerance,
                                        objective_tolerance, hyperparameters)
     from .lower import compile_project
-    program = compile_project(spec)
+    try:
+        program = compile_project(spec)
+    except ProjectError as err:
+        if optimizer is None or err.location.key != "training.optimizer":
+            raise
+        raise GradforgeError(f"--optimizer {optimizer}: {err.message}"
+                             + (f" ({err.hint})" if err.hint else "")) from None
     module = numpy_module(program)
     theta = _initial_theta(module, program, init)
     first_order = settings.optimizer in ("sgd", "momentum", "adam")
