@@ -105,7 +105,9 @@ def test_dask_validation_is_held_out_per_partition(parquet, scheduler):
     validation objective is the mean loss over exactly those rows (checked by hand)."""
     import pyarrow.parquet as pq
     result = gradforge.train(TREND, parquet, engine="dask", scheduler=scheduler,
-                             optimizer="lbfgs", max_iterations=2, validation=0.1, seed=5)
+                             optimizer="lbfgs", max_iterations=2, validation=0.1, seed=5,
+                             plot_dir=parquet.parent / "plots")
+    assert [p.name for p in result.plots] == ["objective.png"]
     table = pq.ParquetFile(parquet)
     held_x, held_y = [], []
     for k in range(table.metadata.num_row_groups):

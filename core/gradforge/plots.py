@@ -2,7 +2,7 @@
 
 * ``objective.png``: the objective per iteration (training and, with --validation, validation);
 * ``fit.png``: for a model with one scalar input and one scalar target, the data and the fitted
-  curve.
+  curve (not with ``--engine dask``, whose data stays on the workers).
 
 matplotlib is an optional extra (``pip install 'gradforge[plot]'``); the Agg backend draws to
 files only, so no display is needed.
@@ -55,7 +55,7 @@ def write_plots(folder, result, program, module, dataset) -> list[Path]:
     written.append(path)
 
     scalar_inputs = [f for f in program.inputs if f.size == 1]
-    if len(program.inputs) == 1 and scalar_inputs and len(program.targets) == 1 \
+    if dataset is not None and len(program.inputs) == 1 and scalar_inputs and len(program.targets) == 1 \
             and program.targets[0].size == 1:
         x_field, y_field = program.inputs[0], program.targets[0]
         x = dataset.columns[x_field.name][:, 0]

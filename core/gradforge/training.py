@@ -513,7 +513,7 @@ def train(project, data, *, backend: str = "numpy", engine: str = "local",
         result.trace = trace_list
     if params_out is not None:
         params_file.write(params_out, result.params_file(program.precision))
-    if plot_dir is not None and train_set is not None:
+    if plot_dir is not None:            # with Dask the data stays on the workers: curves only
         from .plots import write_plots
         result.plots = write_plots(plot_dir, result, program, module, train_set)
     return result
