@@ -131,17 +131,18 @@ def test_threads_under_fast_math_and_simd_stay_bit_identical(gcc, tmp_path):
         assert out == serial
 
 
-def vectorized_lines(program, folder, flags) -> set[int]:
-    """Source lines of ``<name>.c`` where gcc reports a vectorized loop."""
+def vectorized_lines(program, folder, flags, compiler="gcc") -> set[int]:
+    """Source lines of ``<name>.c`` where the compiler reports a vectorized loop."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in gradforge.emit(program, "c").items():
         (folder / name).write_text(text)
-    result = subprocess.run(["gcc", "-O3", *compile_flags(program.precision), *flags,
-                             "-fopt-info-vec-optimized", "-c", f"{program.name}.c",
-                             "-o", "kernel.o"],
+    report = ["-fopt-info-vec-optimized"] if compiler == "gcc" else ["-Rpass=loop-vectorize"]
+    result = subprocess.run([compiler, "-O3", *compile_flags(program.precision), *flags,
+                             *report, "-c", f"{program.name}.c", "-o", "kernel.o"],
                             cwd=folder, check=True, capture_output=True, text=True)
     return {int(m.group(1)) for m in re.finditer(
-        rf"{program.name}\.c:(\d+):\d+: optimized: loop vectorized", result.stderr)}
+        rf"{program.name}\.c:(\d+):\d+: (?:optimized: loop vectorized|remark: vectorized loop)",
+        result.stderr)}
 
 
 def contiguous_loop_lines(program, folder) -> set[int]:
@@ -196,6 +197,17 @@ def test_vector_math_build_agrees_with_the_ieee_build(gcc, tmp_path, example, pr
     b = [struct_value(h, dtype) for h in fast.split()]
     scale = max(abs(v) for v in a)
     assert max(abs(x - y) for x, y in zip(a, b)) <= tolerance * scale
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_clang_vectorizes_the_contiguous_loop(tmp_path, precision):
+    """The same loop under clang's vectorizer (-Rpass=loop-vectorize)."""
+    require_tool("clang")
+    program = compile_project(spec_for("trend", precision))
+    lines = vectorized_lines(program, tmp_path, ["-fopenmp-simd", "-DGRADFORGE_OPENMP_SIMD"],
+                             compiler="clang")
+    assert lines & contiguous_loop_lines(program, tmp_path), sorted(lines)
 
 
 def struct_value(hex_bytes: str, dtype: str) -> float:
