@@ -37,7 +37,7 @@ def mismatches(result, want, precision: str, tol: float | None = None,
     pairs = [("objective", [result.objective], [want.objective]),
              ("gradient", result.gradient, want.gradient),
              ("prediction", result.predictions, want.predictions)]
-    if result.stepped is not None:
+    if result.stepped is not None and want.stepped is not None:
         pairs.append(("step", result.stepped, want.stepped))
     for label, got, expected in pairs:
         if len(got) != len(expected):

@@ -151,10 +151,12 @@ def build_c(subjects: Sequence[Subject], folder: Path, extra_flags: Sequence[str
     return folder / "fuzz", built
 
 
-def run_c(subjects: Sequence[Subject], workdir: Path, train: bool = True,
+def run_c(subjects: Sequence[Subject], workdir: Path, train: bool | int = True,
           extra_flags: Sequence[str] = (), label: str = "c") -> None:
-    """Build per precision, run the verification protocol and (``train``) a short training
-    run compared with NumPy's ``train`` on the same seed."""
+    """Build per precision, run the verification protocol and (``train``: all, or every
+    ``train``-th subject) a short training run compared with NumPy's ``train``."""
+    every = 1 if train is True else int(train)
+    trained = {id(s) for s in subjects[::every]} if every else set()
     for precision in ("float64", "float32"):
         group = [s for s in subjects if s.precision == precision]
         binary, built = build_c(group, workdir / f"{label}_{precision}", extra_flags)
@@ -167,7 +169,7 @@ def run_c(subjects: Sequence[Subject], workdir: Path, train: bool = True,
             problem = judge(s, label, decode_results(s.program, s.cases, proc.stdout))
             if problem:
                 s.failures[label] = problem
-            elif train:
+            elif id(s) in trained:
                 problem = compare_training(s, binary, workdir)
                 if problem:
                     s.failures[f"{label}-train"] = problem

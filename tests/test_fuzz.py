@@ -3,8 +3,9 @@ the 50-digit reference, and C training runs against NumPy's on the same seed.
 
 Default run (fast): 20 models through NumPy and C (one gcc call per precision), the float32
 ones through Metal, three of them through Swift (one package, one build), a short training
-run of each in C and NumPy. ``GRADFORGE_SLOW=1`` runs 2,000 models in 40 blocks of 50 (Swift
-on every tenth model, Metal on every second float32 one). A failure is shrunk to a small
+run of each in C and NumPy. ``GRADFORGE_SLOW=1`` runs 2,000 models in 40 blocks of 50 (all in
+NumPy and C, training compared on every fourth, Metal on every fourth float32 model, Swift on
+every twentieth). A failure is shrunk to a small
 project file, printed in the assertion message, to paste into a regression test.
 """
 from __future__ import annotations
@@ -35,19 +36,20 @@ def _toolchains(registry) -> dict[str, bool]:
     return available
 
 
-def fuzz(seeds, registry, workdir, swift_every: int, metal_every: int, train: bool = True):
+def fuzz(seeds, registry, workdir, swift_every: int, metal_every: int, train_every: int = 1,
+         samples=(7, 1)):
     require_tool("gcc")
     available = _toolchains(registry)
     subjects, broken = [], []
     for seed in seeds:
         text = fuzz_project_text(seed)
         try:
-            subjects.append(prepare(text, seed))
+            subjects.append(prepare(text, seed, samples))
         except Exception as exc:        # the generator only writes valid, buildable models
             broken.append(f"seed {seed}: {type(exc).__name__}: {exc}\n{text}")
     assert not broken, "\n\n".join(broken[:2])
     run_numpy(registry, subjects, workdir)
-    run_c(subjects, workdir, train=train)
+    run_c(subjects, workdir, train=train_every)
     if available["metal"]:
         float32 = [s for s in subjects if s.precision == "float32"]
         run_metal(registry, float32[::metal_every], workdir)
@@ -73,7 +75,8 @@ def test_fuzz_fast(registry, tmp_path):
 def test_fuzz_slow(block, registry, tmp_path):
     first = SLOW_FIRST_SEED + block * SLOW_BLOCK_SIZE
     seeds = range(first, first + SLOW_BLOCK_SIZE)
-    assert fuzz(seeds, registry, tmp_path, swift_every=10, metal_every=2) == SLOW_BLOCK_SIZE
+    assert fuzz(seeds, registry, tmp_path, swift_every=20, metal_every=4, train_every=4,
+                samples=(5, 1)) == SLOW_BLOCK_SIZE
 
 
 def test_shrinker_reduces_a_failure():
