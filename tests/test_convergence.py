@@ -416,6 +416,14 @@ def test_swift_follows_the_numpy_iterates(tmp_path, name, optimizer):
                      out.stdout, re.M)
     assert line and line.groups() == (report.optimizer, report.reason, str(report.iterations),
                                       str(report.evaluations), str(report.passes)), out.stdout
+    if optimizer == "adam":     # mini-batches without a callback: epochs + 1 passes
+        whole = subprocess.run([str(tmp_path / "build" / "release" / f"{program.name}-train"),
+                                str(csv)], capture_output=True, text=True, timeout=600)
+        want = m.train(m.init_params(), data)
+        line = re.search(r"^(\w+): (\w+) after (\d+) iterations, (\d+) evaluations, "
+                         r"(\d+) passes", whole.stdout, re.M)
+        assert line and line.groups() == (want.optimizer, want.reason, str(want.iterations),
+                                          str(want.evaluations), str(want.passes)), whole.stdout
 
 
 # ---------------------------------------------------------------- Metal host (typecheck only)
@@ -526,3 +534,31 @@ int main(void)
     out = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split()
     first = ["5", "non_finite", "0"] if optimizer == "sgd" else ["6", "callback", "2"]
     assert out == first + ["5", "non_finite"], out
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("name", ["huber", "trend"])
+def test_mini_batches_without_rules_cost_one_pass_per_epoch(tmp_path, name):
+    """Without a tolerance or a callback, mini-batch training runs epochs only (each batch
+    checked) plus one evaluation for the report: epochs + 1 passes, in NumPy and in C, with the
+    same parameters as the run that evaluates every epoch."""
+    from conftest import require_tool
+    from gradforge_c.plugin import CBackend
+    require_tool("gcc")
+    spec = dataclasses.replace(load_project(example_path(name)), precision="float64")
+    program = gradforge.compile_project(spec)
+    data = read_csv(example_path(name).parent / "data.csv")
+    m = load(tmp_path, spec)
+    light = m.train(m.init_params(), data)
+    epochs = spec.training.epochs
+    assert (light.reason, light.iterations, light.passes) == ("max_iterations", epochs, epochs + 1)
+    checked = m.train(m.init_params(), data, callback=lambda r: None)
+    assert checked.passes == 2 * epochs + 1
+    assert np.array_equal(m.flatten(light.params), m.flatten(checked.params))
+    rows = {f.name: np.asarray(data[f.name]).reshape(len(data[f.name]), -1).tolist()
+            for f in program.fields}
+    run = CBackend().train(program, rows, tmp_path / "c", trace=False)
+    assert (run.reason, run.iterations, run.passes, run.evaluations) == \
+        (light.reason, light.iterations, light.passes, light.evaluations)
+    want = m.flatten(light.params)
+    assert np.max(np.abs(np.array(run.params) - want) / np.maximum(1.0, np.abs(want))) <= 1e-10

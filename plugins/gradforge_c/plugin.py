@@ -598,9 +598,10 @@ class CBackend(Backend):
               workdir: Path, epochs: int | None = None, batch_size: int | None = None,
               seed: int | None = None, optimize: str = "-O2", max_iterations: int | None = None,
               gradient_tolerance: float | None = None,
-              objective_tolerance: float | None = None) -> TrainingRun:
+              objective_tolerance: float | None = None, trace: bool = True) -> TrainingRun:
         """Build the trainer harness and run ``<name>_train`` on ``data`` ({field: rows});
-        ``epochs`` is max_iterations for first-order methods (None = project defaults)."""
+        ``epochs`` is max_iterations for first-order methods (None = project defaults);
+        ``trace`` passes a callback that records the iterates (False: no callback)."""
         t = program.training
         if max_iterations is None:
             max_iterations = epochs if epochs is not None else t.max_iterations
@@ -611,7 +612,8 @@ class CBackend(Backend):
         binary = self.build(program, Path(workdir), {"trainer.c": trainer_text(program)},
                             optimize=optimize)
         n = len(data[program.fields[0].name]) if program.fields else 0
-        lines = [f"{n} {max_iterations} {batch_size} {seed} {float(gtol)!r} {float(otol)!r}"]
+        lines = [f"{n} {max_iterations} {batch_size} {seed} {float(gtol)!r} {float(otol)!r} "
+                 f"{int(trace)}"]
         lines += [" ".join(repr(float(v)) for row in data[f.name] for v in row)
                   for f in program.fields]
         values = run_tool([str(binary)], cwd=workdir, stdin="\n".join(lines) + "\n").split()
