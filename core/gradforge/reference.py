@@ -75,6 +75,15 @@ def _lambdify(args, expr):
                                          "user_functions": {}}))
 
 
+def _derivative(expr: sp.Expr, symbol: sp.Symbol) -> sp.Expr:
+    """∂expr/∂symbol; a Piecewise is differentiated branch by branch, conditions kept as they
+    are (SymPy's own Piecewise derivative re-evaluates the conditions and can fail on them)."""
+    if isinstance(expr, sp.Piecewise):
+        return sp.Piecewise(*[(_no_delta(sp.diff(e, symbol)), c) for e, c in expr.args],
+                            evaluate=False)
+    return _no_delta(sp.diff(expr, symbol))
+
+
 class _Step:
     """One let (or output): value function and sympy.diff partials w.r.t. its direct inputs."""
 
@@ -86,7 +95,7 @@ class _Step:
         self.index = [position[s] for s in used]
         self._value = _lambdify(used, expr)
         self.deps = sorted((s for s in expr.free_symbols if s in active), key=lambda s: s.name)
-        partials = [_no_delta(sp.diff(expr, d)) for d in self.deps]
+        partials = [_derivative(expr, d) for d in self.deps]
         self._partials = _lambdify(used, partials) if partials else None
 
     def value(self, values):
