@@ -504,3 +504,109 @@ def test_benchmark_report_counts_every_model():
     assert set(rows) == {"trend", "huber", "logistic", "mlp", "mlp577"}
     assert rows["mlp577"][1:3] == ["577", "578"]          # params, accumulators
     assert rows["trend"][3] == "12"                        # x, y and the order index
+
+
+# ------------------------------------------- Levenberg–Marquardt: JᵀJ, Jᵀr, Σr² on the GPU
+
+def _normal_reference(case, residuals, regularizer, num_params, reduction):
+    """Σr², Jᵀr and the packed upper JᵀJ in 50-digit mpmath, from hand-written residual
+    functions (not the compiler's) and numerical derivatives (mpmath.diff); plus the sums of
+    absolute terms, which bound float32 rounding."""
+    import mpmath
+    mpmath.mp.dps = 50
+    P = num_params
+    theta = [mpmath.mpf(v) for v in case.params]
+    width = 1 + P + P * (P + 1) // 2
+    total = [mpmath.mpf(0)] * width
+    size = [mpmath.mpf(0)] * width
+
+    def add(values, rows, scale):
+        for r, row in zip(values, rows):
+            terms = [r * r] + [row[i] * r for i in range(P)] + [
+                row[a] * row[b] for a in range(P) for b in range(a, P)]
+            for k, term in enumerate(terms):
+                total[k] += scale * term
+                size[k] += scale * abs(term)
+
+    def rows_of(function, count):
+        return [[mpmath.diff(lambda v, i=i, k=k: function(
+            theta[:i] + [v] + theta[i + 1:])[k], theta[i]) for i in range(P)]
+            for k in range(count)]
+
+    n = case.n
+    scale = mpmath.mpf(1) / n if reduction == "mean" and n else mpmath.mpf(1)
+    for s in range(n):
+        sample = {name: [mpmath.mpf(v) for v in rows[s]] for name, rows in case.data.items()}
+        values = residuals(theta, sample)
+        add(values, rows_of(lambda t: residuals(t, sample), len(values)), scale)
+    if regularizer is not None:
+        values = regularizer(theta)
+        add(values, rows_of(regularizer, len(values)), mpmath.mpf(1))
+    return [float(v) for v in total], [float(v) for v in size]
+
+
+def _check_normal_equations(spec, residuals, regularizer, built, label):
+    program, exe, _ = built.get(label, spec)
+    assert program.training.method == "levenberg_marquardt"
+    cases = make_cases(spec, count=len(SAMPLES), samples=SAMPLES, seed=11)
+    from gradforge.protocol import encode_cases
+    out = subprocess.run([str(exe), "--normal-equations", *(f"{t}:{g}" for t, g in GRIDS)],
+                         input=encode_cases(program, cases), capture_output=True, text=True,
+                         check=True).stdout.split()
+    P = program.num_params
+    width = 1 + P + P * (P + 1) // 2
+    assert len(out) == width * len(cases)
+    bad = []
+    for k, case in enumerate(cases):
+        got = [float(v) for v in out[k * width:(k + 1) * width]]
+        want, size = _normal_reference(case, residuals, regularizer, P, program.reduction)
+        for column, (g, w, s) in enumerate(zip(got, want, size)):
+            # float32: per-term rounding (~1e-6 relative) plus the tree's sums over ≤ 65 terms
+            if not abs(g - w) <= 2e-5 * s + 1e-30:
+                bad.append(f"case {k} (n={case.n}, grid {GRIDS[k % len(GRIDS)]}) column "
+                           f"{column}: {g!r} vs {w!r}")
+    assert not bad, "\n".join(bad[:20])
+
+
+def test_lm_normal_equations_match_the_reference(built):
+    """decay (mean reduction, exp, a bound): r = amplitude·exp(−rate·t) + baseline − y."""
+    import mpmath
+
+    def residuals(theta, sample):
+        amplitude, rate, baseline = theta
+        return [amplitude * mpmath.exp(-rate * sample["t"][0]) + baseline - sample["y"][0]]
+    _check_normal_equations(float32_spec("decay"), residuals, None, built, "decay-lm")
+
+
+def test_lm_normal_equations_with_declared_and_regularizer_residuals(built):
+    """Two residuals per sample (one parameter-only), the regularizer's residuals added after
+    the 1/n, and a parameter (c) no residual reads: its rows and columns stay 0."""
+    import mpmath
+    spec = gradforge.ProjectSpec.create(
+        name="ridge", precision="float32",
+        parameters={"w": {"shape": [2], "init": [0.5, -0.25]}, "c": 0.0},
+        inputs={"x": {"shape": [2]}}, targets={"y": {}},
+        prediction="dot(w, x)", loss="(prediction - y)**2 + 0.5*(w[0] - w[1])**2",
+        residuals="[prediction - y, sqrt(0.5)*(w[0] - w[1])]",
+        regularization="0.1*dot(w, w)", training={"optimizer": "lm"})
+
+    def residuals(theta, sample):
+        w0, w1, _ = theta
+        x = sample["x"]
+        return [w0 * x[0] + w1 * x[1] - sample["y"][0], mpmath.sqrt(0.5) * (w0 - w1)]
+
+    def regularizer(theta):
+        return [mpmath.sqrt(0.1) * theta[0], mpmath.sqrt(0.1) * theta[1]]
+    _check_normal_equations(spec, residuals, regularizer, built, "ridge-lm")
+
+
+def test_lm_refuses_more_parameters_than_the_gpu_accumulates():
+    from gradforge_metal.plugin import MAX_LM_PARAMETERS
+    count = MAX_LM_PARAMETERS + 1
+    spec = gradforge.ProjectSpec.create(
+        name="wide", precision="float32",
+        parameters={"w": {"shape": [count], "init": [0.0] * count}},
+        inputs={"x": {"shape": [count]}}, targets={"y": {}},
+        prediction="dot(w, x)", loss="(prediction - y)**2", training={"optimizer": "lm"})
+    with pytest.raises(BackendError, match=rf"at most {MAX_LM_PARAMETERS} parameters"):
+        BACKEND.emit(gradforge.compile_project(spec), options())

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import sympy as sp
 
-from gradforge.plugin_api import (LINE_SEARCH, STOP_REASONS, check_training, Assignment, Backend, BackendError, Case, Option, Program,
+from gradforge.plugin_api import (DAMPING, LINE_SEARCH, STOP_REASONS, check_training, Assignment, Backend, BackendError, Case, Option, Program,
                                   Result, Toolchain, ToolchainError, check_vocabulary,
                                   decode_results, encode_cases, find_tool, header_text,
                                   hookimpl, render, run_tool, safe_names,
@@ -42,6 +42,11 @@ THETA, GRADIENT, OBJECTIVE, PARTIALS, CONSTANTS, BATCH, ORDER, PREDICTIONS, HYPE
 FIRST_STATE = 10
 MAX_BUFFER_INDEX = 30                  # Metal has 31 buffer argument slots per stage
 THREADGROUP_MEMORY_LIMIT = 16384       # bytes: Apple3 GPUs (A9/A10, iOS 15) have 16 KiB
+#: Levenberg–Marquardt: most parameters whose JᵀJ the GPU accumulates. Each thread keeps a
+#: private row of 1 + P + P(P+1)/2 floats (Σr², Jᵀr, packed upper JᵀJ): 561 floats = 2.2 KiB at
+#: P = 32, beyond which the private array no longer fits the per-thread register/stack budget
+#: that keeps a full threadgroup resident; threadgroup memory stays capacity × chunk floats.
+MAX_LM_PARAMETERS = 32
 
 #: Threadgroup sizes and group limits the CPU runner cycles through, one per case.
 DEFAULT_GRIDS = ((32, 2), (7, 3), (64, 1), (1, 4))
@@ -64,6 +69,7 @@ GENERATED = {
     "thread_index", "group_index", "group_size", "group_count", "simd_lane", "simd_group",
     "simd_size", "simd_groups", "column", "row", "total", "scale", "width", "chunk", "lane_total",
     "value", "i", "j", "s", "k", "n", "count", "offset", "groups", "gf_log1p", "gf_expm1",
+    "normal_sums", "r_value",
 }
 
 
@@ -151,9 +157,10 @@ class MetalBackend(Backend):
     name = "metal"
     description = "Metal compute kernels + Swift host (GPU training on Apple devices)"
     comment_prefix = "//"
-    #: L-BFGS runs on the host with the GPU's value and gradient (bounds included); the GPU's
-    #: first-order step kernel does not project, so first-order methods refuse bounds.
-    training_methods = ("sgd", "momentum", "adam", "lbfgs")
+    #: L-BFGS runs on the host with the GPU's value and gradient, Levenberg–Marquardt on the
+    #: host with the GPU's Σr², Jᵀr and JᵀJ (bounds included in both); the GPU's first-order
+    #: step kernel does not project, so first-order methods refuse bounds.
+    training_methods = ("sgd", "momentum", "adam", "lbfgs", "levenberg_marquardt")
     supports_bounds = True
     #: The host module `<Name>Metal` must not take the name of a module the host imports or
     #: an app links beside it (the `.metal` file is read as a string, so it hides nothing).
@@ -199,10 +206,16 @@ class MetalBackend(Backend):
                 f"this project without [backends.metal])")
         check_vocabulary(program, backend=self.name)
         check_training(program, self)
-        if program.bounded and program.training.method != "lbfgs":
+        if program.bounded and program.training.method not in ("lbfgs", "levenberg_marquardt"):
             raise BackendError("the metal backend supports parameter bounds with optimizer = "
-                               "\"lbfgs\" only (its GPU step kernel does not project); use "
-                               "lbfgs, or the c or swift backend")
+                               "\"lbfgs\" or \"lm\" only (its GPU step kernel does not "
+                               "project); use lbfgs, or the c or swift backend")
+        lm = program.training.method == "levenberg_marquardt"
+        if lm and program.num_params > MAX_LM_PARAMETERS:
+            raise BackendError(
+                f"the metal backend accumulates JᵀJ on the GPU for at most {MAX_LM_PARAMETERS} "
+                f"parameters but this model has {program.num_params}: use optimizer = "
+                f"\"lbfgs\", or the numpy, c or swift backend for lm")
         opts = dict(options)
         capacity = int(opts.get("max_threadgroup_size", 256))
         width_opt = int(opts.get("reduction_width", 8))
@@ -221,7 +234,8 @@ class MetalBackend(Backend):
         state_buffers = {s.name: f"state_{s.name}" for s in states}
         generated = GENERATED | set(field_buffers.values()) | set(state_buffers.values()) | {
             f"{prefix}_{suffix}" for suffix in (
-                "constants", "batch", "hyperparameters", "gradient_index", "zero_index")}
+                "constants", "batch", "hyperparameters", "gradient_index", "zero_index")} | {
+            f"r_row{i}" for i in range(program.num_params)}
         names = safe_names(program.symbol_names(), RESERVED | generated)
         printer = MetalPrinter(names)
         block = CodeBlock(printer, names)
@@ -235,6 +249,8 @@ class MetalBackend(Backend):
             index[state_buffers[s.name]] = FIRST_STATE + k
         for k, f in enumerate(fields):
             index[field_buffers[f.name]] = FIRST_STATE + len(states) + k
+        if lm:
+            index["normal_sums"] = FIRST_STATE + len(states) + len(fields)
         if max(index.values()) > MAX_BUFFER_INDEX:
             raise BackendError(f"the metal backend needs {max(index.values()) + 1} buffer "
                                f"slots for this model but Metal has 31 (too many fields and "
@@ -324,6 +340,10 @@ class MetalBackend(Backend):
                        buf("gradient", "device float* gradient", "gradient.data()"),
                        buf("objective", "device float* objective", "objective.data()"),
                        thread_arg("column", "thread_position_in_grid", "t.grid_pos")]
+
+        normal = self._normal_equations(program, block, buf, batch_arg, leaf_args,
+                                        field_args, param_src, const_src, field_src,
+                                        partial_args, capacity, width_opt) if lm else None
 
         # regularizer (one thread) -----------------------------------------------------------
         regularizer = None
@@ -473,11 +493,13 @@ class MetalBackend(Backend):
             "predict": {"args": predict_args, "lines": pred_lines},
             "step": {"args": step_args, "lines": step_lines + stores},
             "scalars": scalars,
+            "normal": normal,
             "swift_module": swift_module,
             "swift_type": upper_camel(program.name) + "MetalTrainer",
             "swift_source_type": upper_camel(program.name) + "MetalSource",
             "swift_error": upper_camel(program.name) + "MetalError",
             "op_count": lg.op_count(),
+            "lm_max_parameters": MAX_LM_PARAMETERS,
             "train": self._train_settings(program),
         }
 
@@ -503,11 +525,89 @@ class MetalBackend(Backend):
             "upper": ", ".join(bound(v) for v in program.upper),
             "reasons": [(_lower_camel(r), r) for r in STOP_REASONS],
             "lbfgs_type": lbfgs_type,
+            "tau": shortest_repr(DAMPING.tau, "float32"),
+            "max_rejections": DAMPING.max_rejections,
             # the Swift package's L-BFGS, printed from the same template (one algorithm)
             "lbfgs": render("gradforge_swift", "LBFGS.swift.j2", T="Float", lbfgs=lbfgs_type,
                             ls=LINE_SEARCH, eps="1.1920929e-07")
             if t.method == "lbfgs" else "",
         }
+
+    def _normal_equations(self, program, block, buf, batch_arg, leaf_args, field_args,
+                          param_src, const_src, field_src, partial_args, capacity,
+                          width_opt) -> dict[str, Any]:
+        """Levenberg–Marquardt's GPU pass: per sample, every residual r and its Jacobian row
+        add r² into column 0, r·row into columns 1..P (Jᵀr) and the row's outer product into
+        the packed upper triangle of JᵀJ (row-major: (a, b ≥ a) at 1 + P + a·P − a(a−1)/2 +
+        b − a). The parameter-only residuals of the regularizer join on one thread after the
+        finishing kernel, after the 1/n of a mean (as in every backend)."""
+        P = program.num_params
+        width = 1 + P + P * (P + 1) // 2
+
+        def packed(a: int, b: int) -> int:
+            return 1 + P + a * P - a * (a - 1) // 2 + (b - a)
+
+        def accumulate(target: str, kernel) -> tuple[list[str], set]:
+            outs = [kernel.output("residual")] + [g for _, g in kernel.gradient]
+            kept, needed = live_assignments(kernel.body, set().union(*(e.free_symbols
+                                                                       for e in outs)))
+            return kept, needed, outs
+
+        def residual_lines(kernel, target: str, declared_outer: set, with_fields: bool):
+            kept, needed, outs = accumulate(target, kernel)
+            sources = (param_src, const_src, field_src) if with_fields else (param_src,
+                                                                             const_src)
+            self._check_leaves(needed, *sources, "residual")
+            declared = set(declared_outer)
+            lines = block.loads(field_src, needed, declared=declared) if with_fields else []
+            lines += block.lines(kept, declared)
+            lines.append(f"const float r_value = {block.expr(outs[0])};")
+            entries = [i for i, _ in kernel.gradient]
+            lines += [f"const float r_row{i} = {block.expr(g)};" for i, g in kernel.gradient]
+            lines.append(f"{target}[0] += r_value * r_value;")
+            lines += [f"{target}[{1 + i}] += r_row{i} * r_value;" for i in entries]
+            lines += [f"{target}[{packed(a, b)}] += r_row{a} * r_row{b};"
+                      for pos, a in enumerate(entries) for b in entries[pos:]]
+            return ["{"] + ["    " + line for line in lines] + ["}"], needed
+
+        needed_all: set = set()
+        for kernel in program.residuals:
+            needed_all |= accumulate("acc", kernel)[1]
+        declared: set = set()
+        outer = block.loads(param_src, needed_all, declared=declared) + \
+            block.loads(const_src, needed_all, declared=declared)
+        inner = []
+        for kernel in program.residuals:
+            inner += residual_lines(kernel, "acc", declared, True)[0]
+        used_fields = needed_all & set(field_src)
+        args = leaf_args(needed_all) + [batch_arg] + (
+            [buf("order", "device const uint* order", "order.data()")] if used_fields else []) \
+            + field_args(needed_all) + [buf("partials", "device float* partials",
+                                            "normal_partials.data()")]
+        args += [a for a in partial_args if a["decl"].startswith("uint ")]
+        finish_args = [buf("partials", "device const float* partials",
+                           "normal_partials.data()"),
+                       batch_arg,
+                       buf("normal_sums", "device float* normal_sums", "normal_sums.data()"),
+                       {"decl": "uint column", "attr": "thread_position_in_grid",
+                        "host": "t.grid_pos"}]
+        regularizer = None
+        if program.regularizer_residuals:
+            needed_r: set = set()
+            for kernel in program.regularizer_residuals:
+                needed_r |= accumulate("normal_sums", kernel)[1]
+            declared_r: set = set()
+            lines = block.loads(param_src, needed_r, declared=declared_r) + \
+                block.loads(const_src, needed_r, declared=declared_r)
+            for kernel in program.regularizer_residuals:
+                lines += residual_lines(kernel, "normal_sums", declared_r, False)[0]
+            regularizer = {"args": leaf_args(needed_r) + [
+                buf("normal_sums", "device float* normal_sums", "normal_sums.data()")],
+                "lines": lines}
+        return {"width": width, "outer": outer,
+                "inner": inner, "uses_sample": bool(used_fields), "args": args,
+                "finish_args": finish_args, "regularizer": regularizer,
+                "residual_count": len(program.residuals)}
 
     @staticmethod
     def _check_leaves(needed, *sources_and_label):
