@@ -445,13 +445,15 @@ def test_metal_host_trains_with_a_report_and_lbfgs(tmp_path):
     subprocess.run([swiftc, "-emit-module", "-module-name", "Metal", "-parse-as-library",
                     str(SHIM_DIR / "Metal.swift"), "-emit-module-path",
                     str(stub / "Metal.swiftmodule")], check=True, cwd=stub)
-    for name, optimizer in (("trend", "lbfgs"), ("bounded", "lbfgs"), ("huber", "adam")):
+    for name, optimizer in (("trend", "lbfgs"), ("bounded", "lbfgs"), ("huber", "adam"),
+                            ("decay", "levenberg_marquardt")):
         spec, _ = iterate_subject(name, optimizer)
         program = gradforge.compile_project(dataclasses.replace(spec, precision="float32"))
         files = gradforge.emit(program, "metal")
         trainer = next(text for rel, text in files.items() if rel.endswith("Trainer.swift"))
         assert "public func train(options: Options = Options()" in trainer
         assert ("MetalLBFGS(count:" in trainer) == (optimizer == "lbfgs")
+        assert ("MetalLevenbergMarquardt(count:" in trainer) == (optimizer == "levenberg_marquardt")
         folder = tmp_path / f"{name}_{optimizer}"
         paths = []
         for rel, text in files.items():
@@ -463,6 +465,95 @@ def test_metal_host_trains_with_a_report_and_lbfgs(tmp_path):
         metal = next(folder / rel for rel in files if rel.endswith(".metal"))
         subprocess.run(["g++", *CXX_FLAGS, "-fsyntax-only", "-x", "c++", f"-I{SHIM_DIR}",
                         str(metal)], check=True)
+
+
+LM_DRIVER = """
+import Foundation
+
+// decay: r = amplitude·exp(−rate·t) + baseline − y, its Jacobian row written by hand
+let numbers = (readLine() ?? "").split(separator: " ").map { Double(String($0))! }
+let n = Int(numbers[0])
+let t = Array(numbers[1..<(1 + n)])
+let y = Array(numbers[(1 + n)..<(1 + 2 * n)])
+let p = 3
+let lower = Array(numbers[(1 + 2 * n)..<(4 + 2 * n)])
+let upper = lower.map { _ in Double.infinity }
+let storage = UnsafeMutablePointer<Double>.allocate(capacity: LM.storageSize(count: p) + p)
+storage.initialize(repeating: 0.0, count: LM.storageSize(count: p) + p)
+let x = storage + LM.storageSize(count: p)
+for k in 0..<p {
+    x[k] = numbers[4 + 2 * n + k]
+}
+func normalEquations(_ at: UnsafeMutablePointer<Double>, _ jtj: UnsafeMutablePointer<Double>,
+                     _ jtr: UnsafeMutablePointer<Double>) -> Double {
+    for k in 0..<(p * p) { jtj[k] = 0.0 }
+    for k in 0..<p { jtr[k] = 0.0 }
+    var total = 0.0
+    for i in 0..<n {
+        let e = exp(-at[1] * t[i])
+        let r = at[0] * e + at[2] - y[i]
+        let row = [e, -at[0] * t[i] * e, 1.0]
+        total += r * r
+        for a in 0..<p {
+            jtr[a] += row[a] * r
+            for b in 0..<p { jtj[a * p + b] += row[a] * row[b] }
+        }
+    }
+    let scale = 1.0 / Double(n)
+    for k in 0..<(p * p) { jtj[k] *= scale }
+    for k in 0..<p { jtr[k] *= scale }
+    return total * scale
+}
+var lm = LM(count: p, lower: lower, upper: upper, maxIterations: Int(numbers[7 + 2 * n]),
+            gradientTolerance: numbers[8 + 2 * n], objectiveTolerance: numbers[9 + 2 * n],
+            storage: storage)
+let code = lm.run(x, evaluate: normalEquations, stop: { _, at in
+    print("iterate", (0..<p).map { String(at[$0]) }.joined(separator: " "))
+    return false
+})
+print("report", code, lm.iterations, lm.evaluations, lm.objective)
+"""
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("name", ["decay", "bounded"])
+def test_metal_host_lm_follows_the_numpy_iterates(tmp_path, name):
+    """The Metal host's Levenberg–Marquardt (the struct the trainer prints, rendered here in
+    Double) driven by hand-written normal equations on the CPU follows the NumPy module's
+    iterates to 1e-9 and stops for the same reason with the same counts (the GPU part, the
+    sums, is checked against mpmath in tests/test_metal_backend.py)."""
+    import subprocess
+    from conftest import require_tool
+    from gradforge.optimizers import DAMPING, STOP_REASONS
+    from gradforge.plugin_api import render
+    swiftc = require_tool("swiftc")
+    spec, data = iterate_subject(name, "levenberg_marquardt")
+    m = load(tmp_path, spec)
+    seen = []
+    report = m.train(m.init_params(), data, max_iterations=8,
+                     callback=lambda r: seen.append(m.flatten(r.params)))
+    (tmp_path / "lm.swift").write_text(render(
+        "gradforge_metal", "LevenbergMarquardt.swift.j2", T="Double", lm="LM",
+        tau=repr(DAMPING.tau), max_rejections=DAMPING.max_rejections))
+    (tmp_path / "main.swift").write_text(LM_DRIVER)
+    exe = tmp_path / "lm"
+    subprocess.run([swiftc, "-O", str(tmp_path / "main.swift"), str(tmp_path / "lm.swift"),
+                    "-o", str(exe)], check=True)
+    program = gradforge.compile_project(spec)
+    t, y = np.asarray(data["t"], float), np.asarray(data["y"], float)
+    line = [len(t), *t, *y, *program.lower, *m.flatten(m.init_params()), 8,
+            program.training.gradient_tolerance, program.training.objective_tolerance]
+    out = subprocess.run([str(exe)], input=" ".join(repr(float(v)) for v in line) + "\n",
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    iterates = [[float(v) for v in row.split()[1:]] for row in out if row.startswith("iterate")]
+    assert len(iterates) == len(seen) >= 3, (out, report)
+    for k, (got, want) in enumerate(zip(iterates, seen)):
+        scale = np.maximum(1.0, np.abs(want))
+        assert np.max(np.abs(np.array(got) - want) / scale) <= 1e-9, (k, got, want)
+    code, iterations, evaluations, objective = out[-1].split()[1:]
+    assert (STOP_REASONS[int(code)], int(iterations), int(evaluations)) == \
+        (report.reason, report.iterations, report.evaluations)
+    assert abs(float(objective) - report.objective) <= 1e-9 * max(1.0, abs(report.objective))
 
 
 def test_metal_refuses_bounds_for_first_order_methods():

@@ -515,6 +515,7 @@ class MetalBackend(Backend):
                 return "-Float.infinity"
             return shortest_repr(v, "float32")
         lbfgs_type = upper_camel(program.name) + "MetalLBFGS"
+        lm_type = upper_camel(program.name) + "MetalLevenbergMarquardt"
         return {
             "method": t.method,
             "max_iterations": t.max_iterations,
@@ -525,8 +526,11 @@ class MetalBackend(Backend):
             "upper": ", ".join(bound(v) for v in program.upper),
             "reasons": [(_lower_camel(r), r) for r in STOP_REASONS],
             "lbfgs_type": lbfgs_type,
-            "tau": shortest_repr(DAMPING.tau, "float32"),
-            "max_rejections": DAMPING.max_rejections,
+            "lm_type": lm_type,
+            "lm": render(PACKAGE, "LevenbergMarquardt.swift.j2", T="Float", lm=lm_type,
+                         tau=shortest_repr(DAMPING.tau, "float32"),
+                         max_rejections=DAMPING.max_rejections)
+            if t.method == "levenberg_marquardt" else "",
             # the Swift package's L-BFGS, printed from the same template (one algorithm)
             "lbfgs": render("gradforge_swift", "LBFGS.swift.j2", T="Float", lbfgs=lbfgs_type,
                             ls=LINE_SEARCH, eps="1.1920929e-07")
