@@ -545,8 +545,8 @@ def _normal_reference(case, residuals, regularizer, num_params, reduction):
     return [float(v) for v in total], [float(v) for v in size]
 
 
-def _check_normal_equations(spec, residuals, regularizer, built, label):
-    program, exe, _ = built.get(label, spec)
+def _check_normal_equations(spec, residuals, regularizer, built, label, **opts):
+    program, exe, _ = built.get(label, spec, **opts)
     assert program.training.method == "levenberg_marquardt"
     cases = make_cases(spec, count=len(SAMPLES), samples=SAMPLES, seed=11)
     from gradforge.protocol import encode_cases
@@ -568,14 +568,17 @@ def _check_normal_equations(spec, residuals, regularizer, built, label):
     assert not bad, "\n".join(bad[:20])
 
 
-def test_lm_normal_equations_match_the_reference(built):
-    """decay (mean reduction, exp, a bound): r = amplitude·exp(−rate·t) + baseline − y."""
+@pytest.mark.parametrize("simd", [False, True])
+def test_lm_normal_equations_match_the_reference(built, simd):
+    """decay (mean reduction, exp, a bound): r = amplitude·exp(−rate·t) + baseline − y; the
+    threadgroup tree and the simd_sum reduction."""
     import mpmath
 
     def residuals(theta, sample):
         amplitude, rate, baseline = theta
         return [amplitude * mpmath.exp(-rate * sample["t"][0]) + baseline - sample["y"][0]]
-    _check_normal_equations(float32_spec("decay"), residuals, None, built, "decay-lm")
+    _check_normal_equations(float32_spec("decay"), residuals, None, built, "decay-lm",
+                            simd_reduction=simd)
 
 
 def test_lm_normal_equations_with_declared_and_regularizer_residuals(built):
