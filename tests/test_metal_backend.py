@@ -466,8 +466,8 @@ def test_swift_host_typechecks_against_the_metal_api(metal_stub, tmp_path):
 def test_macos_ci_material_typechecks(metal_stub, tmp_path):
     from gradforge_metal.ci import generate
     swiftc, stub = metal_stub
-    labels = generate(tmp_path, only={"huber", "huber_simd", "trend"})
-    assert labels == ["huber", "trend", "huber_simd"]
+    labels = generate(tmp_path, only={"huber", "huber_simd", "trend", "decay"})
+    assert labels == ["huber", "trend", "decay", "huber_simd"]
     for label in labels:
         assert (tmp_path / label / f"{label}.metal").exists()
     sources = sorted(tmp_path.glob("*/Sources/*/*.swift"))
@@ -476,6 +476,8 @@ def test_macos_ci_material_typechecks(metal_stub, tmp_path):
     # issue 7 item 5: prediction from inputs alone, checked against the reference on macOS
     assert "predictions from inputs only\", try trainer.predict(x: [" in \
         (tmp_path / "main.swift").read_text()
+    # Levenberg–Marquardt on the GPU against the NumPy backend's objective
+    assert "levenberg-marquardt objective" in (tmp_path / "main.swift").read_text()
 
 
 def test_host_predicts_from_inputs_only():

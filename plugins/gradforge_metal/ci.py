@@ -8,7 +8,9 @@
   (kernels compiled from the bundled source and, when ``OUT/<label>/<label>.metallib`` exists,
   from the precompiled library) and compares objective, gradient, predictions and one optimizer
   step with gradforge's independent reference, checks that two runs are bit-identical, and
-  compares a 3-epoch training run with the NumPy backend. Without a device it says so and
+  compares a 3-epoch training run with the NumPy backend (for a Levenberg–Marquardt project,
+  ``decay``: the objective ``train(options:)`` reaches, host LM on the GPU's JᵀJ, with the
+  NumPy backend's). Without a device it says so and
   exits 0: compiling is then the whole check.
 
 Nothing here runs on Linux except the generation (tested in tests/test_metal_backend.py).
@@ -25,7 +27,7 @@ from gradforge.plugin_api import (Case, ProjectSpec, Reference, compile_project,
 
 from .plugin import MetalBackend
 
-EXAMPLES = ("huber", "logistic", "mlp", "trend")
+EXAMPLES = ("huber", "logistic", "mlp", "trend", "decay")
 TRAIN_EPOCHS = 3
 
 
@@ -88,6 +90,21 @@ def numpy_training(program, case: Case, epochs: int) -> list[float]:
     return [float(v) for v in module.flatten(trained)]
 
 
+def numpy_lm_objective(program, case: Case) -> float:
+    """The objective the NumPy backend's Levenberg–Marquardt reaches from ``case`` (float32)."""
+    import numpy as np
+    from gradforge_numpy.plugin import load_module
+    files = emit(program, "numpy")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{program.name}.py"
+        path.write_text(files[path.name], encoding="utf-8")
+        module = load_module(path, f"_gradforge_metal_ci_lm_{program.name}")
+    data = {f.name: np.array(case.data[f.name], dtype=np.float32).reshape((case.n,) + f.shape)
+            for f in program.fields}
+    params = module.unflatten(np.array(case.params, dtype=np.float32))
+    return float(module.train(params, data, case.constants).objective)
+
+
 def check_entry(label: str, spec: ProjectSpec, program, model: dict) -> dict:
     case = make_cases(spec, count=1, samples=(50,), seed=11)[0]
     want = Reference(spec).expected(case)
@@ -102,8 +119,11 @@ def check_entry(label: str, spec: ProjectSpec, program, model: dict) -> dict:
         "label": label, "type": model["swift_type"], "fields": fields,
         "constants": constants, "params": _floats(case.params),
         "objective": repr(want.objective), "gradient": _doubles(want.gradient),
-        "predictions": _doubles(want.predictions), "stepped": _doubles(want.stepped),
-        "trained": _doubles(numpy_training(program, case, TRAIN_EPOCHS)),
+        "predictions": _doubles(want.predictions), "stepped": _doubles(want.stepped) if want.stepped is not None else None,
+        "lm_objective": repr(numpy_lm_objective(program, case))
+        if program.training.method == "levenberg_marquardt" else None,
+        "trained": _doubles(numpy_training(program, case, TRAIN_EPOCHS))
+        if program.training.method not in ("lbfgs", "levenberg_marquardt") else None,
         "epochs": TRAIN_EPOCHS,
     }
 
