@@ -605,6 +605,18 @@ def test_lm_normal_equations_with_declared_and_regularizer_residuals(built):
     _check_normal_equations(spec, residuals, regularizer, built, "ridge-lm")
 
 
+def test_lm_normal_equations_are_bit_identical_whatever_the_schedule(built):
+    spec = float32_spec("decay")
+    program, exe, _ = built.get("decay-lm", spec, simd_reduction=False)
+    cases = make_cases(spec, count=4, samples=(65, 50), seed=9)
+    from gradforge.protocol import encode_cases
+    runs = [subprocess.run([str(exe), "--normal-equations", *(f"{t}:{g}" for t, g in GRIDS[1:])],
+                           input=encode_cases(program, cases), capture_output=True, text=True,
+                           check=True, env={**os.environ, "GF_SHIM_ORDER": order}).stdout
+            for order in ("ascending", "descending")]
+    assert runs[0] == runs[1] and len(runs[0].split()) == 4 * 10
+
+
 def test_lm_refuses_more_parameters_than_the_gpu_accumulates():
     from gradforge_metal.plugin import MAX_LM_PARAMETERS
     count = MAX_LM_PARAMETERS + 1
