@@ -551,14 +551,15 @@ class MetalBackend(Backend):
         def packed(a: int, b: int) -> int:
             return 1 + P + a * P - a * (a - 1) // 2 + (b - a)
 
-        def accumulate(target: str, kernel) -> tuple[list[str], set]:
+        def residual_parts(kernel):
+            """(live body, symbols it reads, [r, Jacobian row entries…])."""
             outs = [kernel.output("residual")] + [g for _, g in kernel.gradient]
             kept, needed = live_assignments(kernel.body, set().union(*(e.free_symbols
                                                                        for e in outs)))
             return kept, needed, outs
 
         def residual_lines(kernel, target: str, declared_outer: set, with_fields: bool):
-            kept, needed, outs = accumulate(target, kernel)
+            kept, needed, outs = residual_parts(kernel)
             sources = (param_src, const_src, field_src) if with_fields else (param_src,
                                                                              const_src)
             self._check_leaves(needed, *sources, "residual")
@@ -576,7 +577,7 @@ class MetalBackend(Backend):
 
         needed_all: set = set()
         for kernel in program.residuals:
-            needed_all |= accumulate("acc", kernel)[1]
+            needed_all |= residual_parts(kernel)[1]
         declared: set = set()
         outer = block.loads(param_src, needed_all, declared=declared) + \
             block.loads(const_src, needed_all, declared=declared)
@@ -599,7 +600,7 @@ class MetalBackend(Backend):
         if program.regularizer_residuals:
             needed_r: set = set()
             for kernel in program.regularizer_residuals:
-                needed_r |= accumulate("normal_sums", kernel)[1]
+                needed_r |= residual_parts(kernel)[1]
             declared_r: set = set()
             lines = block.loads(param_src, needed_r, declared=declared_r) + \
                 block.loads(const_src, needed_r, declared=declared_r)
