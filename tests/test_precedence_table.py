@@ -4,7 +4,8 @@ Piecewise-valued operand, through every backend's printer, against the 50-digit 
 One project holds the whole table: entry i is the definition ``e<i>`` over its own parameter
 ``a[i]``, and the prediction is Σ w[i]·e<i>, with J = mean(prediction). Then ∂J/∂w[i] is the
 mean value of entry i and ∂J/∂a[i] the mean of its derivative, so each gradient entry checks
-one table cell on its own (elementwise, not normwise). Each backend builds the table once
+one table cell on its own (elementwise, not normwise); the objective and the predictions check
+the loss and predict kernels, which print the cells again. Each backend builds the table once
 (Swift and Metal: one build each).
 """
 from __future__ import annotations
@@ -112,3 +113,11 @@ def test_precedence_table(backend_name, precision, registry, reference_table, tm
     assert math.isfinite(result.objective)
     problems = bad_cells(result, want, precision)
     assert not problems, f"{len(problems)} cells wrong:\n" + "\n".join(problems[:20])
+    # the loss and predict kernels print the cells again (the gradient kernel shares its
+    # values with the derivative): their sums over all cells must match too
+    tol = {"float64": 1e-9, "float32": 1e-4}[precision]
+    for label, got, exp in [("objective", [result.objective], [want.objective]),
+                            ("prediction", result.predictions, want.predictions)]:
+        for g, w in zip(got, exp):
+            assert abs(g - w) <= tol * max(abs(w), 1.0), \
+                f"{label}: got {g!r}, expected {w!r} (a cell printed wrong in that kernel)"
