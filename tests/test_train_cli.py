@@ -406,6 +406,14 @@ def test_bad_parquet_cells_name_file_row_and_column(tmp_path, capsys):
     assert not (tmp_path / "p.json").exists()
 
 
+def test_step_settings_are_refused_for_full_batch_methods(tmp_path, capsys):
+    for flag in ("--learning-rate", "--batch-size"):
+        code, _, err = run(["train", TREND / "project.toml", TREND / "data.csv", "--optimizer",
+                            "lbfgs", flag, "16", "--params-out", tmp_path / "p.json"], capsys)
+        assert code == 2 and err.startswith(f"error: {flag} applies to sgd, momentum and adam"), err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "p.json").exists()
+
+
 def test_optimizer_override_errors_name_the_option(tmp_path, capsys):
     code, _, err = run(["train", TREND / "project.toml", TREND / "data.csv", "--optimizer",
                         "lm", "--params-out", tmp_path / "p.json"], capsys)

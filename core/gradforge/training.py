@@ -325,6 +325,14 @@ def _resolve_settings(spec: ProjectSpec, optimizer, max_iterations, epochs, batc
         t = dataclasses.replace(t, **changes)
         spec = dataclasses.replace(spec, training=t)
     first_order = t.optimizer in ("sgd", "momentum", "adam")
+    if not first_order:
+        # Full-batch methods choose their own step: an ignored knob would mislead.
+        for flag, value in (("--learning-rate", learning_rate),
+                            ("--batch-size", batch_size or None)):   # 0 = full batch: fine
+            if value is not None:
+                raise GradforgeError(f"{flag} applies to sgd, momentum and adam only; "
+                                     f"{t.optimizer} is full-batch and chooses its own step "
+                                     f"(drop {flag}, or pass --optimizer adam)")
     stopping = getattr(t, "stopping", None)
     if stopping is not None:
         max_it, gtol, otol = stopping()
