@@ -155,7 +155,9 @@ def agree(a, b) -> bool:
     """Whether ``a`` and ``b`` have the same value at the seeded random points (at least
     half of them inside both domains). Symbols are independent variables here, so agreement
     is never claimed from a relation that holds only through a definition."""
-    a, b = sp.sympify(a), sp.sympify(b)
+    # strict: numbers and SymPy objects only, never text (project text goes through the
+    # ast whitelist in expressions.py).
+    a, b = sp.sympify(a, strict=True), sp.sympify(b, strict=True)
     if a == b:
         return True
     seen = 0
