@@ -76,33 +76,32 @@ def _doubles(values) -> str:
 
 def numpy_training(program, case: Case, epochs: int) -> list[float]:
     """θ after ``epochs`` of the NumPy backend's train() from ``case`` (the batching oracle)."""
-    import numpy as np
-    from gradforge_numpy.plugin import load_module
-    files = emit(program, "numpy")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{program.name}.py"
-        path.write_text(files[path.name], encoding="utf-8")
-        module = load_module(path, f"_gradforge_metal_ci_{program.name}")
-    data = {f.name: np.array(case.data[f.name], dtype=np.float32).reshape((case.n,) + f.shape)
-            for f in program.fields}
-    params = module.unflatten(np.array(case.params, dtype=np.float32))
+    module, params, data = _numpy_float32(program, case, f"_gradforge_metal_ci_{program.name}")
     trained = module.train(params, data, case.constants, epochs=epochs).params
     return [float(v) for v in module.flatten(trained)]
 
 
 def numpy_lm_objective(program, case: Case) -> float:
     """The objective the NumPy backend's Levenberg–Marquardt reaches from ``case`` (float32)."""
+    module, params, data = _numpy_float32(program, case,
+                                          f"_gradforge_metal_ci_lm_{program.name}")
+    return float(module.train(params, data, case.constants).objective)
+
+
+def _numpy_float32(program, case: Case, module_name: str):
+    """The NumPy backend's module for ``program`` with ``case``'s parameters and data in
+    float32: the oracle both checks above train."""
     import numpy as np
     from gradforge_numpy.plugin import load_module
     files = emit(program, "numpy")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{program.name}.py"
         path.write_text(files[path.name], encoding="utf-8")
-        module = load_module(path, f"_gradforge_metal_ci_lm_{program.name}")
+        module = load_module(path, module_name)
     data = {f.name: np.array(case.data[f.name], dtype=np.float32).reshape((case.n,) + f.shape)
             for f in program.fields}
     params = module.unflatten(np.array(case.params, dtype=np.float32))
-    return float(module.train(params, data, case.constants).objective)
+    return module, params, data
 
 
 def check_entry(label: str, spec: ProjectSpec, program, model: dict) -> dict:
