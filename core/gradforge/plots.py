@@ -47,12 +47,7 @@ def write_plots(folder, result, program, module, dataset) -> list[Path]:
     ax.set_xlabel("iteration")
     ax.set_ylabel("objective")
     ax.set_title(f"{program.name}: {result.optimizer}, stopped by {result.reason}")
-    ax.legend()
-    fig.tight_layout()
-    path = folder / "objective.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, ax, folder / "objective.png"))
 
     scalar_inputs = [f for f in program.inputs if f.size == 1]
     if dataset is not None and len(program.inputs) == 1 and scalar_inputs and len(program.targets) == 1 \
@@ -72,10 +67,14 @@ def write_plots(folder, result, program, module, dataset) -> list[Path]:
         ax.set_xlabel(x_field.name)
         ax.set_ylabel(y_field.name)
         ax.set_title(f"{program.name}: prediction after training")
-        ax.legend()
-        fig.tight_layout()
-        path = folder / "fit.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, ax, folder / "fit.png"))
     return written
+
+
+def _save(plt, fig, ax, path: Path) -> Path:
+    """Legend, layout, one PNG at 100 dpi, and the figure closed (matplotlib keeps it otherwise)."""
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
