@@ -181,9 +181,9 @@ def write_columns(folder: Path, program, data) -> None:
         np.ascontiguousarray(data[f.name], dtype=np.float64).tofile(folder / f"{f.name}.bin")
 
 
-C_DRIVER = """\
-#define _POSIX_C_SOURCE 200112L
-#include "{name}.h"
+#: The drivers' shared C: a clock (CPU time unless GF_CLOCK says otherwise) and a reader of
+#: the raw float64 columns written by write_columns.
+DRIVER_TIMING = """\
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -192,28 +192,35 @@ C_DRIVER = """\
 #endif
 
 static double now(void)
-{{
+{
     struct timespec ts;
     clock_gettime(GF_CLOCK, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}}
+}
+"""
+DRIVER_LOAD = """
+static double *load(const char *path, size_t count)
+{
+    double *p = malloc(sizeof(double) * count);
+    FILE *f = fopen(path, "rb");
+    if (p == NULL || f == NULL || fread(p, sizeof(double), count, f) != count) exit(3);
+    fclose(f);
+    return p;
+}
+"""
 
+
+C_DRIVER = """\
+#define _POSIX_C_SOURCE 200112L
+#include "{name}.h"
+{timing}
 static double cpu(void)
 {{
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }}
-
-static double *load(const char *path, size_t count)
-{{
-    double *p = malloc(sizeof(double) * count);
-    FILE *f = fopen(path, "rb");
-    if (p == NULL || f == NULL || fread(p, sizeof(double), count, f) != count) exit(3);
-    fclose(f);
-    return p;
-}}
-
+{load}
 int main(void)
 {{
     const size_t n = {samples};
@@ -245,7 +252,7 @@ def c_generated(program, folder: Path, data_dir: Path, n: int, reps: int, flags,
     files = gradforge.emit(program, "c", {"threads": threads})
     loads = "\n".join(f'    d.{f.name} = load("{data_dir / (f.name + ".bin")}", n * {f.size});'
                       for f in program.fields)
-    files["driver.c"] = C_DRIVER.format(name=program.name, upper=program.name.upper(),
+    files["driver.c"] = C_DRIVER.format(timing=DRIVER_TIMING, load=DRIVER_LOAD, name=program.name, upper=program.name.upper(),
                                         samples=n, reps=reps, loads=loads)
     write_files(folder, files)
     # one thread: CPU time (robust on a shared machine); threads: wall-clock time
@@ -259,29 +266,7 @@ def c_generated(program, folder: Path, data_dir: Path, n: int, reps: int, flags,
 CASADI_DRIVER = """\
 #define _POSIX_C_SOURCE 200112L
 #include "cas.h"
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#ifndef GF_CLOCK
-#define GF_CLOCK CLOCK_PROCESS_CPUTIME_ID /* CPU time: the machine may be shared */
-#endif
-
-static double now(void)
-{{
-    struct timespec ts;
-    clock_gettime(GF_CLOCK, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}}
-
-static double *load(const char *path, size_t count)
-{{
-    double *p = malloc(sizeof(double) * count);
-    FILE *f = fopen(path, "rb");
-    if (p == NULL || f == NULL || fread(p, sizeof(double), count, f) != count) exit(3);
-    fclose(f);
-    return p;
-}}
-
+{timing}{load}
 int main(void)
 {{
     const size_t n = {samples};
@@ -363,7 +348,7 @@ def casadi_side(program, spec, folder: Path, data_dir: Path, n: int, reps: int):
     field_args = "\n".join(f"            arg[{k + 1}] = col{k} + {fl.size} * i;"
                            for k, fl in enumerate(program.fields))
     scale = f"{1.0 / n!r}" if program.reduction == "mean" else "1.0"
-    source = CASADI_DRIVER.format(
+    source = CASADI_DRIVER.format(timing=DRIVER_TIMING, load=DRIVER_LOAD,
         samples=n, n_arg=len(program.fields) + 2, n_arg_minus=len(program.fields) + 1,
         sz_iw=max(f.sz_iw(), r_fun.sz_iw()), sz_w=max(f.sz_w(), r_fun.sz_w()),
         p=program.num_params, n_const=len(program.constants), loads=loads, init=init,
