@@ -575,12 +575,17 @@ class MetalBackend(Backend):
                       for pos, a in enumerate(entries) for b in entries[pos:]]
             return ["{"] + ["    " + line for line in lines] + ["}"], needed
 
-        needed_all: set = set()
-        for kernel in program.residuals:
-            needed_all |= residual_parts(kernel)[1]
-        declared: set = set()
-        outer = block.loads(param_src, needed_all, declared=declared) + \
-            block.loads(const_src, needed_all, declared=declared)
+        def leaf_loads(kernels):
+            """What ``kernels`` read, the names declared, and the parameter/constant loads."""
+            needed: set = set()
+            for kernel in kernels:
+                needed |= residual_parts(kernel)[1]
+            declared: set = set()
+            loads = block.loads(param_src, needed, declared=declared) + \
+                block.loads(const_src, needed, declared=declared)
+            return needed, declared, loads
+
+        needed_all, declared, outer = leaf_loads(program.residuals)
         inner = []
         for kernel in program.residuals:
             inner += residual_lines(kernel, "acc", declared, True)[0]
@@ -598,12 +603,7 @@ class MetalBackend(Backend):
                         "host": "t.grid_pos"}]
         regularizer = None
         if program.regularizer_residuals:
-            needed_r: set = set()
-            for kernel in program.regularizer_residuals:
-                needed_r |= residual_parts(kernel)[1]
-            declared_r: set = set()
-            lines = block.loads(param_src, needed_r, declared=declared_r) + \
-                block.loads(const_src, needed_r, declared=declared_r)
+            needed_r, declared_r, lines = leaf_loads(program.regularizer_residuals)
             for kernel in program.regularizer_residuals:
                 lines += residual_lines(kernel, "normal_sums", declared_r, False)[0]
             regularizer = {"args": leaf_args(needed_r) + [
