@@ -34,9 +34,9 @@ def _real(value) -> bool:
 
 
 def _finite_real(value) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float, mpmath.mpf)):
-        return False          # None (a division by zero) or mpc (log/sqrt of a negative)
-    return bool(mpmath.isfinite(value))
+    """A finite real number (not None from a division by zero, not mpc from log/sqrt of a
+    negative)."""
+    return _real(value) and bool(mpmath.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -225,8 +225,7 @@ class Reference:
             return value, g           # the common case: the inputs are not looked at
         if self.ieee:
             def real(v):
-                return v if isinstance(v, (int, float, mpmath.mpf)) \
-                    and not isinstance(v, bool) else mpmath.nan
+                return v if _real(v) else mpmath.nan
             return real(value), ([real(v) for v in g] if gradient and g is not None
                                  else [mpmath.nan] * len(self.theta) if gradient else g)
         # A NaN or infinite field value is data, not a domain error: the documented edge rules
