@@ -556,14 +556,6 @@ def test_metal_host_lm_follows_the_numpy_iterates(tmp_path, name):
     assert abs(float(objective) - report.objective) <= 1e-9 * max(1.0, abs(report.objective))
 
 
-def test_metal_refuses_bounds_for_first_order_methods():
-    from gradforge.errors import BackendError
-    spec = load_project(ROOT / "examples" / "decay" / "project.toml")
-    spec = with_training(dataclasses.replace(spec, precision="float32"), optimizer="adam")
-    with pytest.raises(BackendError, match="bounds with optimizer"):
-        gradforge.emit(gradforge.compile_project(spec), "metal")
-
-
 @pytest.mark.toolchain
 @pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
 def test_c_never_accepts_non_finite_and_stops_on_request(tmp_path, optimizer):

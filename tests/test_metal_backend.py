@@ -466,8 +466,8 @@ def test_swift_host_typechecks_against_the_metal_api(metal_stub, tmp_path):
 def test_macos_ci_material_typechecks(metal_stub, tmp_path):
     from gradforge_metal.ci import generate
     swiftc, stub = metal_stub
-    labels = generate(tmp_path, only={"huber", "huber_simd", "trend", "decay"})
-    assert labels == ["huber", "trend", "decay", "huber_simd"]
+    labels = generate(tmp_path, only={"huber", "huber_simd", "trend", "decay", "boxed_adam"})
+    assert labels == ["huber", "trend", "decay", "huber_simd", "boxed_adam"]
     for label in labels:
         assert (tmp_path / label / f"{label}.metal").exists()
     sources = sorted(tmp_path.glob("*/Sources/*/*.swift"))
@@ -478,6 +478,12 @@ def test_macos_ci_material_typechecks(metal_stub, tmp_path):
         (tmp_path / "main.swift").read_text()
     # Levenberg–Marquardt on the GPU against the NumPy backend's objective
     assert "levenberg-marquardt objective" in (tmp_path / "main.swift").read_text()
+    # bounds with Adam: the GPU's 3 epochs of mini-batches must end where the NumPy backend's
+    # do, on the active bounds a = -0.5, b = 0.5, w[0] = 0.25 (so a kernel that does not
+    # project fails there)
+    check = (tmp_path / "main.swift").read_text().split('"boxed_adam")')[1]
+    assert 'close("\\(label) one step", trainer.parameters, [' in check
+    assert 'close("\\(label) training", trained, [-0.5, 0.5, 0.25, ' in check
 
 
 def test_host_predicts_from_inputs_only():
@@ -627,3 +633,102 @@ def test_lm_refuses_more_parameters_than_the_gpu_accumulates():
         prediction="dot(w, x)", loss="(prediction - y)**2", training={"optimizer": "lm"})
     with pytest.raises(BackendError, match=rf"at most {MAX_LM_PARAMETERS} parameters"):
         BACKEND.emit(gradforge.compile_project(spec), options())
+
+
+# ------------------------------------- bounds: first-order steps project (issue 9, item 3)
+
+#: full-batch steps the shim runs per case, as the host's train(epochs:) encodes them
+ITERATES = 40
+
+
+def _boxed(optimizer: str, built):
+    from gradforge_metal.ci import boxed_spec
+    spec = boxed_spec(optimizer)
+    program, exe, workdir = built.get(f"boxed-{optimizer}", spec)
+    return spec, program, exe, workdir
+
+
+def _shim_iterates(program, exe, cases) -> list[list[list[float]]]:
+    """θ after each of ITERATES full-batch steps per case (harness --iterates), exactly as
+    printed (%.17g of the float32 values)."""
+    from gradforge.protocol import encode_cases
+    out = subprocess.run([str(exe), "--iterates", str(ITERATES),
+                          *(f"{t}:{g}" for t, g in GRIDS[1:3])],
+                         input=encode_cases(program, cases), capture_output=True, text=True,
+                         check=True).stdout.split()
+    P = program.num_params
+    assert len(out) == len(cases) * ITERATES * P
+    values = [float(v) for v in out]
+    return [[values[(c * ITERATES + k) * P:(c * ITERATES + k + 1) * P] for k in range(ITERATES)]
+            for c in range(len(cases))]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_first_order_steps_stay_in_the_box_and_follow_numpy(optimizer, built):
+    """boxed (gradforge_metal.ci.boxed_spec): the unconstrained fit lies outside the box.
+    Through the shim, every iterate stays inside the bounds, b and w[0] end exactly on their
+    active lower bounds, and the iterates follow the NumPy backend's train() (float32) within
+    the conformance tolerance (1e-4 relative); without the bounds the same NumPy training
+    leaves the box, so the projection is what keeps it in."""
+    import numpy as np
+    from gradforge_metal.ci import _numpy_float32
+    spec, program, exe, workdir = _boxed(optimizer, built)
+    text = (workdir / "boxed.metal").read_text()
+    assert "constant float boxed_lower[4] = { -INFINITY, 0.5f, 0.25f, -1.0f };" in text
+    assert "constant float boxed_upper[4] = { -0.5f, INFINITY, 4.0f, 1.0f };" in text
+    free = dataclasses.replace(spec, parameters=tuple(
+        dataclasses.replace(p, lower=None, upper=None) for p in spec.parameters))
+    free_program = gradforge.compile_project(free)
+    lower, upper = np.array(program.lower), np.array(program.upper)
+    cases = make_cases(spec, count=2, samples=(64, 50), seed=3)
+    worst = 0.0
+    for c, (case, iterates) in enumerate(zip(cases, _shim_iterates(program, exe, cases))):
+        got = np.array(iterates)
+        assert np.all(got >= lower) and np.all(got <= upper), got
+        assert got[-1][1] == 0.5 and got[-1][2] == 0.25, got[-1]
+        module, params, data = _numpy_float32(program, case, f"_boxed_{optimizer}_{c}")
+        for k in range(ITERATES):
+            want = module.flatten(module.train(params, data, case.constants, epochs=k + 1,
+                                               batch_size=0).params).astype(float)
+            error = float(np.max(np.abs(got[k] - want)) / max(1.0, np.max(np.abs(want))))
+            assert error <= 1e-4, (k, got[k], want)
+            worst = max(worst, error)
+        free_module, params, data = _numpy_float32(free_program, case, f"_free_{optimizer}_{c}")
+        escaped = free_module.flatten(free_module.train(params, data, case.constants,
+                                                        epochs=ITERATES, batch_size=0).params)
+        assert np.any(escaped < lower) or np.any(escaped > upper), escaped
+    print(f"boxed {optimizer}: worst relative difference from NumPy over {ITERATES} "
+          f"iterates: {worst:.3g}")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_one_projected_step_matches_the_clipped_reference(optimizer, built):
+    """The protocol's one step is the projected step: the independent reference's step
+    (mpmath) clipped onto the box, on cases that start on a bound and step across it."""
+    from gradforge_metal.ci import projected
+    spec, program, exe, _ = _boxed(optimizer, built)
+    cases = make_cases(spec, count=len(SAMPLES), samples=SAMPLES, seed=7)
+    results = BACKEND.run_built(exe, program, cases, GRIDS)
+    reference = Reference(spec)
+    bad, clipped = [], 0
+    for k, (case, result) in enumerate(zip(cases, results)):
+        want = reference.expected(case)
+        inside = projected(want.stepped, program)
+        clipped += inside != list(want.stepped)
+        bad += [f"case {k}: {p}" for p in compare(
+            result, dataclasses.replace(want, stepped=tuple(inside)), "float32")]
+        assert all(lo <= v <= hi for v, lo, hi in zip(result.stepped, program.lower,
+                                                        program.upper)), result.stepped
+    assert bad == []
+    assert clipped >= 2, "no case's step crossed a bound: the clip went untested"
+
+
+def test_first_order_training_checks_the_start_is_inside_the_bounds():
+    """The host refuses a start outside the box, as every backend does (and emits no bound
+    arrays for an unbounded model)."""
+    from gradforge_metal.ci import boxed_spec
+    files = gradforge.emit(gradforge.compile_project(boxed_spec("adam")), "metal")
+    trainer = files["Sources/BoxedMetal/BoxedMetalTrainer.swift"]
+    assert trainer.count("try checkInsideBounds(parameters)") == 2
+    plain = gradforge.emit(gradforge.compile_project(float32_spec("trend")), "metal")
+    assert "trend_lower" not in plain["trend.metal"]

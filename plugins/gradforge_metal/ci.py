@@ -10,7 +10,8 @@
   step with gradforge's independent reference, checks that two runs are bit-identical, and
   compares a 3-epoch training run with the NumPy backend (for a Levenberg–Marquardt project,
   ``decay``: the objective ``train(options:)`` reaches, host LM on the GPU's JᵀJ, with the
-  NumPy backend's). Without a device it says so and
+  NumPy backend's; for ``boxed_adam``, a box-constrained fit whose bounds are active, the
+  step kernel's projection in every mini-batch). Without a device it says so and
   exits 0: compiling is then the whole check.
 
 Nothing here runs on Linux except the generation (tested in tests/test_metal_backend.py).
@@ -54,6 +55,24 @@ def mlp577_spec(precision: str = "float32") -> ProjectSpec:
         training={"optimizer": "adam", "learning_rate": 0.01, "batch_size": 16})
 
 
+def boxed_spec(optimizer: str = "adam", precision: str = "float32") -> ProjectSpec:
+    """A cubic fit in a box that holds its optimum out: with x and y uniform in [-1, 1] the
+    unconstrained fit is near 0, so ``a ≤ -0.5``, ``b ≥ 0.5`` and ``w[0] ≥ 0.25`` become
+    active; ``w[1]`` (bounded on both sides, [-1, 1]) makes up for ``a`` through x³ and may
+    reach its upper bound. Per-element bounds, open sides, both sides: every case the step
+    kernel's projection prints."""
+    return ProjectSpec.create(
+        name="boxed", precision=precision,
+        parameters={"a": {"init": -1.0, "upper": -0.5}, "b": {"init": 1.0, "lower": 0.5},
+                    "w": {"shape": [2], "init": [0.5, 0.0], "lower": [0.25, -1.0],
+                          "upper": [4.0, 1.0]}},
+        inputs={"x": {"range": [-1.0, 1.0]}}, targets={"y": {"range": [-1.0, 1.0]}},
+        prediction="a*x + b + w[0]*x*x + w[1]*x*x*x", loss="(prediction - y)**2",
+        reduction="mean",
+        training={"optimizer": optimizer, "learning_rate": 0.1,
+                  "batch_size": 16, "epochs": TRAIN_EPOCHS})
+
+
 def variants(examples: Path) -> list[tuple[str, ProjectSpec, dict]]:
     """(label, float32 spec, backend options) for every program the CI job builds."""
     out = []
@@ -63,6 +82,7 @@ def variants(examples: Path) -> list[tuple[str, ProjectSpec, dict]]:
     huber = dataclasses.replace(out[0][1], name="huber_simd")
     out.append(("huber_simd", huber, {"simd_reduction": True, "reduction_width": 3}))
     out.append(("mlp577", mlp577_spec(), {}))
+    out.append(("boxed_adam", dataclasses.replace(boxed_spec("adam"), name="boxed_adam"), {}))
     return out
 
 
@@ -104,9 +124,16 @@ def _numpy_float32(program, case: Case, module_name: str):
     return module, params, data
 
 
+def projected(theta, program) -> list[float]:
+    """``theta`` clipped onto the program's bounds: the reference's unconstrained step made
+    the projected step every first-order trainer takes."""
+    return [min(max(v, low), high) for v, low, high in zip(theta, program.lower, program.upper)]
+
+
 def check_entry(label: str, spec: ProjectSpec, program, model: dict) -> dict:
     case = make_cases(spec, count=1, samples=(50,), seed=11)[0]
     want = Reference(spec).expected(case)
+    stepped = None if want.stepped is None else projected(want.stepped, program)
     fields = []
     for f, info in zip(program.fields, model["fields"]):
         fields.append({"swift": info["swift"], "role": f.role,
@@ -118,7 +145,7 @@ def check_entry(label: str, spec: ProjectSpec, program, model: dict) -> dict:
         "label": label, "type": model["swift_type"], "fields": fields,
         "constants": constants, "params": _floats(case.params),
         "objective": repr(want.objective), "gradient": _doubles(want.gradient),
-        "predictions": _doubles(want.predictions), "stepped": _doubles(want.stepped) if want.stepped is not None else None,
+        "predictions": _doubles(want.predictions), "stepped": _doubles(stepped) if stepped is not None else None,
         "lm_objective": repr(numpy_lm_objective(program, case))
         if program.training.method == "levenberg_marquardt" else None,
         "trained": _doubles(numpy_training(program, case, TRAIN_EPOCHS))
@@ -161,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["generate", "mlp577_spec", "variants", "main"]
+__all__ = ["generate", "boxed_spec", "mlp577_spec", "projected", "variants", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -158,8 +158,8 @@ class MetalBackend(Backend):
     description = "Metal compute kernels + Swift host (GPU training on Apple devices)"
     comment_prefix = "//"
     #: L-BFGS runs on the host with the GPU's value and gradient, Levenberg–Marquardt on the
-    #: host with the GPU's Σr², Jᵀr and JᵀJ (bounds included in both); the GPU's first-order
-    #: step kernel does not project, so first-order methods refuse bounds.
+    #: host with the GPU's Σr², Jᵀr and JᵀJ (both project on the host); the first-order step
+    #: kernel projects θ onto the bounds after each update.
     training_methods = ("sgd", "momentum", "adam", "lbfgs", "levenberg_marquardt")
     supports_bounds = True
     #: The host module `<Name>Metal` must not take the name of a module the host imports or
@@ -206,10 +206,6 @@ class MetalBackend(Backend):
                 f"this project without [backends.metal])")
         check_vocabulary(program, backend=self.name)
         check_training(program, self)
-        if program.bounded and program.training.method not in ("lbfgs", "levenberg_marquardt"):
-            raise BackendError("the metal backend supports parameter bounds with optimizer = "
-                               "\"lbfgs\" or \"lm\" only (its GPU step kernel does not "
-                               "project); use lbfgs, or the c or swift backend")
         lm = program.training.method == "levenberg_marquardt"
         if lm and program.num_params > MAX_LM_PARAMETERS:
             raise BackendError(
@@ -234,7 +230,8 @@ class MetalBackend(Backend):
         state_buffers = {s.name: f"state_{s.name}" for s in states}
         generated = GENERATED | set(field_buffers.values()) | set(state_buffers.values()) | {
             f"{prefix}_{suffix}" for suffix in (
-                "constants", "batch", "hyperparameters", "gradient_index", "zero_index")} | {
+                "constants", "batch", "hyperparameters", "gradient_index", "zero_index",
+                "lower", "upper")} | {
             f"r_row{i}" for i in range(program.num_params)}
         names = safe_names(program.symbol_names(), RESERVED | generated)
         printer = MetalPrinter(names)
@@ -403,7 +400,8 @@ class MetalBackend(Backend):
         step_lines += block.loads(elem_src, needed_o | {opt.param}, assigned_o,
                                   declared=declared)
         step_lines += block.lines(elem_kept, declared)
-        stores = [f"theta[i] = {names[opt.param.name]};"] + [
+        bounds = self._step_bounds(program, printer) if opt.element_update else []
+        stores = [self._projected_store(names[opt.param.name], bounds)] + [
             f"{state_buffers[s.name]}[i] = {names[s.name]};" for s in states
             if s in assigned_o]
         if not opt.element_update:
@@ -491,7 +489,8 @@ class MetalBackend(Backend):
             "finish": {"args": finish_args},
             "regularizer": regularizer,
             "predict": {"args": predict_args, "lines": pred_lines},
-            "step": {"args": step_args, "lines": step_lines + stores},
+            "step": {"args": step_args, "lines": step_lines + stores, "bounds": bounds},
+            "first_order": bool(opt.element_update),
             "scalars": scalars,
             "normal": normal,
             "swift_module": swift_module,
@@ -502,6 +501,30 @@ class MetalBackend(Backend):
             "lm_max_parameters": MAX_LM_PARAMETERS,
             "train": self._train_settings(program),
         }
+
+    @staticmethod
+    def _step_bounds(program: Program, printer: MetalPrinter) -> list[dict[str, Any]]:
+        """The bound arrays the first-order step kernel projects onto: one per side that bounds
+        some element (``lower``, ``upper``), with ±INFINITY where an element is unbounded."""
+        out = []
+        for side, values, free in (("lower", program.lower, float("-inf")),
+                                   ("upper", program.upper, float("inf"))):
+            if any(v != free for v in values):
+                out.append({"side": side, "name": f"{program.name}_{side}",
+                            "entries": [printer.doprint(sp.sympify(v)) for v in values]})
+        return out
+
+    @staticmethod
+    def _projected_store(value: str, bounds: Sequence[Mapping[str, Any]]) -> str:
+        """``theta[i] = value`` projected onto the bound arrays with comparisons (as the C
+        backend's clip: a NaN stays NaN, so the host still sees a non-finite step)."""
+        projected = value
+        for b in reversed(bounds):
+            compare = "<" if b["side"] == "lower" else ">"
+            limit = f"{b['name']}[i]"
+            otherwise = projected if projected == value else f"({projected})"
+            projected = f"{value} {compare} {limit} ? {limit} : {otherwise}"
+        return f"theta[i] = {projected};"
 
     @staticmethod
     def _train_settings(program: Program) -> dict[str, Any]:
