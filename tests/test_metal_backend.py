@@ -663,7 +663,7 @@ def _shim_iterates(program, exe, cases) -> list[list[list[float]]]:
             for c in range(len(cases))]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 def test_first_order_steps_stay_in_the_box_and_follow_numpy(optimizer, built):
     """boxed (gradforge_metal.ci.boxed_spec): the unconstrained fit lies outside the box.
     Through the shim, every iterate stays inside the bounds, b and w[0] end exactly on their
@@ -701,7 +701,7 @@ def test_first_order_steps_stay_in_the_box_and_follow_numpy(optimizer, built):
           f"iterates: {worst:.3g}")
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 def test_one_projected_step_matches_the_clipped_reference(optimizer, built):
     """The protocol's one step is the projected step: the independent reference's step
     (mpmath) clipped onto the box, on cases that start on a bound and step across it."""
