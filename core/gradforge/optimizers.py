@@ -22,7 +22,10 @@ descent direction the memory is cleared and d = −g (free variables). The step 
 first bound it would cross (``stpmax``), so trial points stay in the box, and chosen by the
 Moré–Thuente line search (MINPACK-2 ``dcsrch``/``dcstep``, strong Wolfe with ``ftol``, ``gtol``,
 ``xtol`` below) — the search L-BFGS-B uses, so the iterates are comparable with SciPy's and the
-step is safeguarded by cubic/quadratic interpolation without a tuning knob. First step length:
+step is safeguarded by cubic/quadratic interpolation without a tuning knob. The first search
+that ends without the strong Wolfe conditions (a kink: the slope along d jumps) switches the run
+to the weak Wolfe bisection of Lewis & Overton (2013) with the same ftol and gtol: double, then
+bisect, accept sufficient decrease with g'(α) ≥ gtol·g'(0). First step length:
 min(1/‖d‖₂, stpmax) after a (re)start, else min(1, stpmax). A non-finite trial value shrinks
 the search interval (stpmax ← stx + ½(stp − stx)); a search that ends without the sufficient-
 decrease condition restarts once from −g, then stops with ``line_search_failed``.
