@@ -211,14 +211,20 @@ def test_trainer_batches_match_numpy_backend(built):
     numpy = pytest.importorskip("numpy")
     from gradforge_numpy.plugin import load_module
 
-    _, program, _, _, workdir = built("trend")
+    spec, program, _, _, workdir = built("trend")
     trainer = build_trainer(program, workdir)
     data_csv = ROOT / "examples" / "trend" / "data.csv"
-    out = swift_run([trainer, data_csv, "--batch-size", "10", "--epochs", "7", "--seed", "99"])
+    refused = swift_run([trainer, data_csv, "--batch-size", "10"])    # trend trains with lbfgs
+    assert refused.returncode != 0 and "--batch-size applies to" in refused.stderr, refused
+    out = swift_run([trainer, data_csv, "--optimizer", "adam", "--learning-rate", "0.05",
+                     "--batch-size", "10", "--epochs", "7", "--seed", "99"])
     assert out.returncode == 0, out.stderr
     _, _, params = parse_trainer(out.stdout)
+    adam = dataclasses.replace(spec, training=dataclasses.replace(
+        spec.training, optimizer="adam", learning_rate=0.05))
     source = workdir / "trend_numpy.py"
-    source.write_text(gradforge.emit(program, "numpy")["trend.py"], encoding="utf-8")
+    source.write_text(gradforge.emit(gradforge.compile_project(adam), "numpy")["trend.py"],
+                      encoding="utf-8")
     module = load_module(source, "_swift_test_trend_numpy")
     data = {k: numpy.array(v)[:, 0] for k, v in load_csv(data_csv, program).items()}
     want = module.train(module.init_params(), data, epochs=7, batch_size=10, seed=99).params

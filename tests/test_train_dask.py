@@ -137,7 +137,7 @@ def test_dask_local_cluster_by_default(capsys, tmp_path):
 
 
 def test_dask_refuses_mini_batches(parquet, capsys):
-    code = main(["train", str(TREND), str(parquet), "--engine", "dask", "--batch-size", "16",
-                 "--quiet"])
+    code = main(["train", str(TREND), str(parquet), "--engine", "dask", "--optimizer", "adam",
+                 "--batch-size", "16", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "full-batch methods only" in err and len(err.splitlines()) == 1
