@@ -100,6 +100,12 @@ def test_trend_lbfgs_reaches_the_l1_optimum(tmp_path):
     exact = m.train(m.init_params(), data, objective_tolerance=0.0)
     assert exact.objective <= best * (1 + 1e-14), (exact, best)
     assert exact.passes <= 600, exact
+    # float32 (the Metal host's precision): its default objective_tolerance of 1e-6 used to
+    # stop on the first small step past a kink, 2.8e-5 above; now within a few ulps' worth
+    single = load(tmp_path, dataclasses.replace(with_training(spec, optimizer="lbfgs"),
+                                                precision="float32"))
+    report32 = single.train(single.init_params(), data)
+    assert report32.converged and report32.objective <= best * (1 + 1e-5), (report32, best)
 
 
 def hinge_l1_optimum(x, y, penalty):
@@ -154,6 +160,24 @@ def test_lbfgs_reaches_the_optimum_of_random_nonsmooth_models(tmp_path, seed):
     else:
         best = hinge_l1_optimum(data["x"], data["y"], 0.01)
     assert best * (1 - 1e-12) <= report.objective <= best * (1 + 1e-6), (report, best)
+
+
+@pytest.mark.slow
+def test_sweep_of_random_nonsmooth_models(tmp_path):
+    """40 more L1 regressions and sparse SVMs (GRADFORGE_SLOW=1): every run converges, the
+    median ends within 1e-10 of the LP optimum and none further than 1e-5 (the worst, 3.7e-6,
+    is a sparse SVM with a weight that belongs at exactly 0; docs/semantics.md, "Kinks")."""
+    gaps = []
+    for seed in range(4, 44):
+        spec, data = random_nonsmooth(seed)
+        m = load(tmp_path, spec)
+        report = m.train(m.init_params(), data)
+        assert report.converged, (seed, report)
+        best = (l1_optimum(data["x"], data["y"])[0] if seed % 2 == 0
+                else hinge_l1_optimum(data["x"], data["y"], 0.01))
+        gaps.append((report.objective - best) / best)
+    assert min(gaps) >= -1e-12 and max(gaps) <= 1e-5, gaps
+    assert sorted(gaps)[len(gaps) // 2] <= 1e-10, gaps
 
 
 def test_lm_example_matches_scipy_least_squares(tmp_path):
@@ -476,14 +500,24 @@ def test_swift_follows_the_numpy_iterates(tmp_path, name, optimizer):
     seen = []
     report = m.train(m.init_params(), data, max_iterations=iterations,
                      callback=lambda r: seen.append(m.flatten(r.params)))
+    line = re.search(r"^(\w+): (\w+) after (\d+) iterations, (\d+) evaluations, (\d+) passes",
+                     out.stdout, re.M)
+    assert line, out.stdout
+    if iterations > 5:
+        # to the end: the last small decreases (1e-13 relative) are at the rounding level of
+        # the two sums' orders, so the run may end an iteration apart, at the same optimum
+        assert line.group(2) == report.reason and abs(len(iterates) - len(seen)) <= 2
+        final = float(re.search(r"^final objective: (\S+)$", out.stdout, re.M).group(1))
+        assert abs(final - report.objective) <= 1e-10 * abs(report.objective), out.stdout
+        common = min(len(iterates), len(seen))
+        iterates, seen = iterates[:common], seen[:common]
     assert len(iterates) == len(seen) >= 1
     for k, (got, want) in enumerate(zip(iterates, seen)):
         scale = np.maximum(1.0, np.abs(want))
         assert np.max(np.abs(np.array(got) - want) / scale) <= 1e-9, (k, got, want)
-    line = re.search(r"^(\w+): (\w+) after (\d+) iterations, (\d+) evaluations, (\d+) passes",
-                     out.stdout, re.M)
-    assert line and line.groups() == (report.optimizer, report.reason, str(report.iterations),
-                                      str(report.evaluations), str(report.passes)), out.stdout
+    if iterations == 5:
+        assert line.groups() == (report.optimizer, report.reason, str(report.iterations),
+                                 str(report.evaluations), str(report.passes)), out.stdout
     if optimizer == "adam":     # mini-batches without a callback: epochs + 1 passes
         whole = subprocess.run([str(tmp_path / "build" / "release" / f"{program.name}-train"),
                                 str(csv)], capture_output=True, text=True, timeout=600)

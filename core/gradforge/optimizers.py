@@ -25,7 +25,8 @@ Moré–Thuente line search (MINPACK-2 ``dcsrch``/``dcstep``, strong Wolfe with 
 step is safeguarded by cubic/quadratic interpolation without a tuning knob. The first search
 that ends without the strong Wolfe conditions (a kink: the slope along d jumps) switches the run
 to the weak Wolfe bisection of Lewis & Overton (2013) with the same ftol and gtol: double, then
-bisect, accept sufficient decrease with g'(α) ≥ gtol·g'(0). First step length:
+bisect, accept sufficient decrease with g'(α) ≥ gtol·g'(0); from then on ``objective_tolerance``
+needs ``kink_patience`` small decreases in a row. First step length:
 min(1/‖d‖₂, stpmax) after a (re)start, else min(1, stpmax). A non-finite trial value shrinks
 the search interval (stpmax ← stx + ½(stp − stx)); a search that ends without the sufficient-
 decrease condition restarts once from −g, then stops with ``line_search_failed``.
@@ -64,6 +65,9 @@ class LineSearch:
     stpmax: float = 1e10        # cap when no bound limits the step
     xtrapl: float = 1.1
     xtrapu: float = 4.0
+    #: after a kink, objective_tolerance stops only on this many small decreases in a row (a
+    #: bisection step just past a kink can gain little while the run still converges)
+    kink_patience: int = 3
 
 
 @dataclass(frozen=True)
