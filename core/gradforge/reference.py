@@ -306,8 +306,10 @@ class Reference:
             return [self._checked(self._prediction, args, False, "prediction", case, i)[0]
                     for i, args in enumerate(self._rows(case))]
 
-    def step_mp(self, params, grad):
-        """θ after one step of the project's optimizer from a fresh state (formulas by hand)."""
+    def step_mp(self, params, grad, project: bool = True):
+        """θ after one step of the project's optimizer from a fresh state (formulas by hand),
+        projected onto the parameters' bounds as every backend's one-step function does
+        (``project=False``: the raw step, to see whether a bound was crossed)."""
         t = self.spec.training
         if not t.first_order:
             return None     # L-BFGS / LM steps are checked against SciPy in the tests
@@ -315,18 +317,30 @@ class Reference:
         lr = h["learning_rate"]
         with mpmath.workdps(DIGITS):
             theta = [mpmath.mpf(v) for v in params]
-            if t.optimizer == "sgd":
-                return [p - lr * g for p, g in zip(theta, grad)]
-            if t.optimizer == "momentum":
-                return [p - lr * g for p, g in zip(theta, grad)]   # velocity = 0·μ + g
-            b1, b2, eps = h["beta1"], h["beta2"], h["epsilon"]
-            out = []
-            for p, g in zip(theta, grad):
-                m = (1 - b1) * g
-                v = (1 - b2) * g * g
-                m_hat, v_hat = m / (1 - b1), v / (1 - b2)
-                out.append(p - lr * m_hat / (mpmath.sqrt(v_hat) + eps))
-            return out
+            if t.optimizer in ("sgd", "momentum"):
+                # momentum from a fresh state: velocity = 0·μ + g, the same step as SGD
+                out = [p - lr * g for p, g in zip(theta, grad)]
+            else:
+                b1, b2, eps = h["beta1"], h["beta2"], h["epsilon"]
+                out = []
+                for p, g in zip(theta, grad):
+                    m = (1 - b1) * g
+                    v = (1 - b2) * g * g
+                    m_hat, v_hat = m / (1 - b1), v / (1 - b2)
+                    out.append(p - lr * m_hat / (mpmath.sqrt(v_hat) + eps))
+            return self._project(out) if project else out
+
+    def _project(self, theta):
+        """Clip each element onto [lower, upper] with comparisons (a NaN stays NaN), exactly
+        at the working precision: the bounds are the spec's float64 values."""
+        inf = float("inf")
+        lower = [v for p in self.spec.parameters for v in (p.lower or (-inf,) * p.size)]
+        upper = [v for p in self.spec.parameters for v in (p.upper or (inf,) * p.size)]
+        out = []
+        for value, lo, hi in zip(theta, lower, upper):
+            lo, hi = mpmath.mpf(lo), mpmath.mpf(hi)
+            out.append(lo if value < lo else (hi if value > hi else value))
+        return out
 
     def expected(self, case: Case) -> Expected:
         """All reference values for ``case``, rounded to Python floats."""

@@ -340,6 +340,10 @@ class _Emitter:
             out.append(parts)
         return out
 
+    def projects_step(self) -> bool:
+        """A bounded first-order project: <prefix>_optimizer_step clips onto the bounds."""
+        return self.program.bounded and self.program.training.method in ("sgd", "momentum", "adam")
+
     def training(self) -> dict[str, Any]:
         """Settings, bounds and constants the trainer prints (gradforge.optimizers)."""
         t = self.program.training
@@ -365,6 +369,8 @@ class _Emitter:
             "objective_tolerance": self.literal(t.objective_tolerance),
             "history": t.history,
             "bounded": self.program.bounded,
+            # <prefix>_optimizer_step projects onto the bounds itself (nothing extra unbounded)
+            "project_step": self.projects_step(),
             "lower_rows": rows(lower), "upper_rows": rows(upper),
             "f": suffix,
             "eps": "1.1920929e-07f" if T == "float" else "2.220446049250313e-16",
@@ -415,7 +421,9 @@ class _Emitter:
         element_lines += [assign(a) for a in opt.element_update]
         element_lines += [f"opt->{self.name(s)}[k] = {self.name(s)};"
                           for s in opt.element_state if s in written]
-        if opt.param in written:
+        if opt.param in written and self.projects_step():
+            element_lines.append(f"params[k] = gf_clip({self.name(opt.param)}, k);")
+        elif opt.param in written:
             element_lines.append(f"params[k] = {self.name(opt.param)};")
         return {
             "kind": opt.kind,

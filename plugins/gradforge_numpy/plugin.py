@@ -134,6 +134,8 @@ class NumpyBackend(Backend):
                       for a in opt.scalar_update + opt.element_update],
         }
         t = program.training
+        # the public one-step function projects onto the bounds; unbounded models print it as before
+        project_step = program.bounded and t.method in ("sgd", "momentum", "adam")
         init = [shortest_repr(v, "float64") for p in program.parameters for v in p.init]
         chunks = [", ".join(init[i:i + 8]) + "," for i in range(0, len(init), 8)]
         text = render(
@@ -159,6 +161,8 @@ class NumpyBackend(Backend):
                       "objective_tolerance": shortest_repr(t.objective_tolerance, "float64"),
                       "history": t.history},
             lower=_bound_list(program.lower), upper=_bound_list(program.upper),
+            project_step=project_step,
+            step_function="_optimizer_update" if project_step else "optimizer_step",
             ls=LINE_SEARCH, damping=DAMPING, residual_names=residual_names,
         )
         return {f"{program.name}.py": text}

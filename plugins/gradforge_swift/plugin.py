@@ -286,6 +286,7 @@ class _Context:
                                 "batch_size": p.training.batch_size,
                                 "seed": p.training.seed},
                       train=self.train_settings(), lbfgs=self.lbfgs_type(),
+                      project_step=p.bounded,
                       ls=LINE_SEARCH, eps="1.1920929e-07" if self.scalar == "Float"
                       else "2.220446049250313e-16",
                       field_params=", ".join(f["arg"] for f in self.fields()),
