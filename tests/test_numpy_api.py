@@ -89,3 +89,50 @@ def test_predict_takes_inputs_only(tmp_path):
         m.predict(params, {"y": data["y"]})
     with pytest.raises(KeyError, match="'y'"):          # the loss still needs the targets
         m.objective(params, {"x": data["x"]})
+
+
+def _boxed(optimizer):
+    """A line fit y ≈ a·x + w[0] + w[1] in a box (w per element, both sides)."""
+    return gradforge.ProjectSpec.create(
+        name="boxed_line", parameters={"a": {"init": 0.5, "lower": 0.0},
+                                       "w": {"shape": [2], "init": [0.0, 0.0],
+                                             "lower": [-1.0, -0.1], "upper": [0.1, 1.0]}},
+        inputs={"x": {}}, targets={"y": {}}, prediction="a*x + w[0] + w[1]",
+        loss="(prediction - y)**2", reduction="mean",
+        training={"optimizer": optimizer, "learning_rate": 0.5})
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_optimizer_step_projects_onto_the_bounds(tmp_path, optimizer):
+    """optimizer_step, the step a user's own loop calls, lands inside LOWER/UPPER (clipped
+    element-wise, NaN kept), while minimize() with wider bounds of its own still takes the
+    unprojected step: the trainers clip onto the bounds they are given, once."""
+    m = load(tmp_path, _boxed(optimizer))
+    theta = np.array([0.05, 0.05, -0.05])
+    grad = np.array([1.0, -1.0, 1.0])            # a down, w[0] up, w[1] down: all cross
+    raw = m._optimizer_update(theta, grad, m.init_optimizer_state())
+    assert raw[0] < 0.0 and raw[1] > 0.1 and raw[2] < -0.1
+    stepped = m.optimizer_step(theta, grad, m.init_optimizer_state())
+    assert stepped.tolist() == [0.0, 0.1, -0.1]
+    small = {"learning_rate": 1e-3}                # a step that stays inside is untouched
+    inside = m.optimizer_step(theta, grad, m.init_optimizer_state(), small)
+    assert np.array_equal(inside, m._optimizer_update(theta, grad, m.init_optimizer_state(), small))
+    assert np.all(inside > m.LOWER) and np.all(inside < m.UPPER)
+    with np.errstate(invalid="ignore"):
+        nan = m.optimizer_step(theta, np.array([np.nan, -1.0, 1.0]), m.init_optimizer_state())
+    assert np.isnan(nan[0]) and nan[1] == 0.1 and nan[2] == -0.1
+    evaluate = lambda t: (0.0, grad)             # noqa: E731
+    options = {"max_iterations": 1}
+    wide = m.minimize(evaluate, theta, options, lower=np.full(3, -np.inf), upper=np.full(3, np.inf))
+    assert np.array_equal(m.flatten(wide.params), raw)
+    boxed = m.minimize(evaluate, theta, options)
+    assert m.flatten(boxed.params).tolist() == [0.0, 0.1, -0.1]
+
+
+def test_unbounded_module_has_no_projection_in_its_step(tmp_path):
+    """Without bounds optimizer_step is the plain update (nothing extra is printed)."""
+    text = gradforge.emit(gradforge.load_program(example_path("huber")), "numpy")["huber.py"]
+    assert "_optimizer_update" not in text
+    bounded = gradforge.emit(gradforge.compile_project(_boxed("adam")), "numpy")["boxed_line.py"]
+    assert "return _clip(_optimizer_update(theta, grad, state, hyperparameters), LOWER, UPPER)" \
+        in bounded
