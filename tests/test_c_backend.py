@@ -374,3 +374,62 @@ def test_predict_with_null_targets(gcc, scratch):
     case = Case(theta, {"x": tuple(rows), "y": ((0.0,),) * 3}, {})
     want = Reference(spec).expected(case).predictions
     assert got == pytest.approx(list(want), rel=1e-12)
+
+
+# ------------------------------------------------- bounds: the one step projects (issue 9)
+
+def boxed_decay(optimizer: str, precision: str = "float64"):
+    """decay with a box that holds its fit out (amplitude ≤ 3, baseline in [-0.5, 0.5]: the
+    unconstrained fit is about 4.2 and 0.8; baseline reaches its bound within 30 epochs) and a
+    first-order optimizer."""
+    spec = spec_for("decay", precision)
+    params = tuple(dataclasses.replace(p, upper=(3.0,)) if p.name == "amplitude" else
+                   dataclasses.replace(p, lower=(-0.5,), upper=(0.5,)) if p.name == "baseline"
+                   else p for p in spec.parameters)
+    training = dataclasses.replace(spec.training, optimizer=optimizer, learning_rate=0.1,
+                                   epochs=30, batch_size=8)
+    return dataclasses.replace(spec, parameters=params, training=training)
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_optimizer_step_projects_and_training_is_unchanged(gcc, scratch, optimizer):
+    """<name>_optimizer_step clips into the bounds itself (gf_clip printed once, before it);
+    one step from the harness equals the reference's projected step and lies in the box, and
+    <name>_train, which no longer clips a second time, still follows the NumPy trainer onto
+    the active bounds (full batch and mini-batches)."""
+    program = compile_project(boxed_decay(optimizer))
+    source = gradforge.emit(program, "c")["decay.c"]
+    assert source.count("static double gf_clip(") == 1
+    assert "params[k] = gf_clip(param, k);" in source
+    assert source.index("gf_clip(") < source.index("void decay_optimizer_step(")
+    spec = boxed_decay(optimizer)
+    data = load_csv("decay", program)
+    cases = make_cases(spec, count=3, samples=(13, 50, 65), seed=4, data=data)
+    cases = [dataclasses.replace(c, params=(c.params[0], c.params[1], 0.5)) for c in cases]
+    reference = Reference(spec)
+    results = BACKEND.run(program, {}, cases, scratch / f"boxed_step_{optimizer}")
+    for case, result in zip(cases, results):
+        want = reference.expected(case)
+        assert compare(result, want, "float64") == []
+        assert all(lo <= v <= hi for v, lo, hi in zip(result.stepped, program.lower,
+                                                        program.upper)), result.stepped
+    crossed = [reference.step_mp(c.params, reference.gradient_mp(c), project=False)[2] > 0.5
+               for c in cases]
+    assert all(crossed), "a step did not cross baseline's upper bound: the clip went untested"
+    # float32 under -Wdouble-promotion -Wconversion as well
+    spec32 = boxed_decay(optimizer, "float32")
+    cases32 = make_cases(spec32, count=1, samples=(50,), seed=4, data=data)
+    cases32 = [dataclasses.replace(c, params=(c.params[0], c.params[1], 0.5)) for c in cases32]
+    result, = BACKEND.run(compile_project(spec32), {}, cases32, scratch / f"boxed32_{optimizer}")
+    assert compare(result, Reference(spec32).expected(cases32[0]), "float32") == []
+    assert result.stepped[2] == 0.5
+    folder = scratch / f"boxed_train_{optimizer}"
+    on_a_bound = []
+    for batch_size in (0, 8):
+        run = BACKEND.train(program, data, folder, epochs=30, batch_size=batch_size)
+        want = numpy_train(program, data, folder, epochs=30, batch_size=batch_size)
+        assert_close(run.params, want, 1e-10, f"batch_size={batch_size}")
+        assert run.params[0] <= 3.0 and -0.5 <= run.params[2] <= 0.5, run.params
+        on_a_bound.append(run.params[0] == 3.0 or run.params[2] == 0.5)
+    assert any(on_a_bound), "training never reached a bound: the projection went untested"
