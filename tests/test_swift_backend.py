@@ -562,3 +562,90 @@ def test_glued_operators_are_refused():
 def test_toolchain_reported():
     (tool,) = BACKEND.toolchains()
     assert tool.name == "swift"
+
+
+# ------------------------------------------------- bounds: the one step projects (issue 9)
+
+BOXED_MAIN = """\
+import BoxedDecay
+
+// theta (4 values) then gradient (4 values) as arguments; one step of each optimizer
+let values = CommandLine.arguments.dropFirst().map { Double($0)! }
+let theta = Array(values[0..<4]), gradient = Array(values[4..<8])
+var sgd = BoxedDecaySGD(learningRate: 0.1)
+var momentum = BoxedDecayMomentum(learningRate: 0.1)
+var adam = BoxedDecayAdam(learningRate: 0.1)
+var a = theta, b = theta, c = theta
+sgd.step(&a, gradient: gradient)
+momentum.step(&b, gradient: gradient)
+adam.step(&c, gradient: gradient)
+var shaped = BoxedDecayParameters(flat: theta)
+var again = BoxedDecaySGD(learningRate: 0.1)
+again.step(&shaped, gradient: BoxedDecayParameters(flat: gradient))
+for row in [a, b, c, shaped.flat] {
+    print(row.map { "\\($0)" }.joined(separator: " "))
+}
+"""
+
+
+def boxed_decay_spec(optimizer: str = "sgd"):
+    """decay's model in a box one step crosses (tests/test_conformance.py's bounded subject)."""
+    return gradforge.ProjectSpec.create(
+        name="boxed_decay",
+        parameters={"amplitude": {"init": 1.0, "upper": 1.1},
+                    "rate": {"init": 0.1, "lower": 0.0},
+                    "w": {"shape": [2], "init": [0.0, 0.0], "lower": [-0.05, -4.0],
+                          "upper": [0.05, 0.02]}},
+        inputs={"t": {"range": [0.0, 2.0]}}, targets={"y": {"range": [1.0, 2.5]}},
+        prediction="amplitude*exp(-rate*t) + w[0] + w[1]*t", loss="(prediction - y)**2",
+        reduction="mean", training={"optimizer": optimizer, "learning_rate": 0.1})
+
+
+@pytest.mark.toolchain
+def test_every_optimizer_step_projects_onto_the_bounds(swift, tmp_path):
+    """The public `step` of SGD, momentum and Adam (flat and shaped) in a bounded project:
+    an app built against the package (Swift 6, release, warnings as errors) takes one step
+    of each from cases whose raw step leaves the box; every result equals the 50-digit
+    reference's projected step within the float64 tolerance and lies in the box, a NaN
+    gradient element stays NaN, and a free element is left alone."""
+    spec = boxed_decay_spec()
+    program = gradforge.compile_project(spec)
+    package = tmp_path / "BoxedDecay"
+    for name, text in gradforge.emit(program, "swift").items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    app = tmp_path / "app"
+    (app / "Sources" / "App").mkdir(parents=True)
+    (app / "Package.swift").write_text(APP_MANIFEST.replace(
+        '        .package(path: "../huber/build/swift/Huber"),\n', "").replace(
+        '        .product(name: "Huber", package: "Huber"),\n', "").replace(
+        "Michaelis", "BoxedDecay").replace("../michaelis/build/swift/BoxedDecay", "../BoxedDecay"))
+    (app / "Sources" / "App" / "main.swift").write_text(BOXED_MAIN)
+    scratch = tmp_path / "app-build"
+    proc = swift_run(["swift", "build", *swiftpm_options(app, scratch, tmp_path / "cache"),
+                      "-c", "release", *SWIFT6, "-Xswiftc", "-warnings-as-errors"], timeout=1800)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    binary = scratch / "release" / "App"
+    references = {kind: Reference(boxed_decay_spec(kind)) for kind in ("sgd", "momentum", "adam")}
+    tol = TOLERANCE["float64"]
+    crossed = 0
+    for case in make_cases(spec, count=3, samples=(13, 50, 65), seed=1):
+        grad = references["sgd"].gradient_mp(case)
+        out = swift_run([binary, *(repr(float(v)) for v in (*case.params, *grad))])
+        assert out.returncode == 0, out.stderr
+        rows = [[float(v) for v in line.split()] for line in out.stdout.splitlines()]
+        assert len(rows) == 4 and all(len(row) == 4 for row in rows), out.stdout
+        for kind, got in zip(("sgd", "momentum", "adam", "sgd"), rows):
+            want = [float(v) for v in references[kind].step_mp(case.params, grad)]
+            raw = [float(v) for v in references[kind].step_mp(case.params, grad, project=False)]
+            crossed += want != raw
+            assert all(abs(g - w) <= tol * max(1.0, abs(w)) for g, w in zip(got, want)), \
+                (kind, got, want)
+            assert all(lo <= g <= hi for g, lo, hi in zip(got, program.lower, program.upper))
+            assert got[0] == pytest.approx(raw[0], rel=tol)       # amplitude stays free
+    assert crossed >= 6, "too few steps crossed a bound: the projection went untested"
+    out = swift_run([binary, "0.5", "0.0", "0.05", "0.0", "nan", "1.0", "-1.0", "-1.0"])
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 4, out.stderr
+    for line in out.stdout.splitlines():
+        got = [float(v) for v in line.split()]
+        assert got[0] != got[0] and got[1:] == [0.0, 0.05, 0.02], line
