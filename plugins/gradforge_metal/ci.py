@@ -124,16 +124,9 @@ def _numpy_float32(program, case: Case, module_name: str):
     return module, params, data
 
 
-def projected(theta, program) -> list[float]:
-    """``theta`` clipped onto the program's bounds: the reference's unconstrained step made
-    the projected step every first-order trainer takes."""
-    return [min(max(v, low), high) for v, low, high in zip(theta, program.lower, program.upper)]
-
-
 def check_entry(label: str, spec: ProjectSpec, program, model: dict) -> dict:
     case = make_cases(spec, count=1, samples=(50,), seed=11)[0]
     want = Reference(spec).expected(case)
-    stepped = None if want.stepped is None else projected(want.stepped, program)
     fields = []
     for f, info in zip(program.fields, model["fields"]):
         fields.append({"swift": info["swift"], "role": f.role,
@@ -145,7 +138,7 @@ def check_entry(label: str, spec: ProjectSpec, program, model: dict) -> dict:
         "label": label, "type": model["swift_type"], "fields": fields,
         "constants": constants, "params": _floats(case.params),
         "objective": repr(want.objective), "gradient": _doubles(want.gradient),
-        "predictions": _doubles(want.predictions), "stepped": _doubles(stepped) if stepped is not None else None,
+        "predictions": _doubles(want.predictions), "stepped": _doubles(want.stepped) if want.stepped is not None else None,
         "lm_objective": repr(numpy_lm_objective(program, case))
         if program.training.method == "levenberg_marquardt" else None,
         "trained": _doubles(numpy_training(program, case, TRAIN_EPOCHS))
@@ -188,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["generate", "boxed_spec", "mlp577_spec", "projected", "variants", "main"]
+__all__ = ["generate", "boxed_spec", "mlp577_spec", "variants", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
