@@ -36,7 +36,7 @@ def _numerics_spec():
         loss="(prediction - y)**2", reduction="mean")
 
 
-def _bounded_spec(optimizer: str):
+def boxed_decay_spec(optimizer: str = "sgd"):
     """decay's model with a box that one first-order step crosses: the targets (1 to 2.5) lie
     above the prediction, so the step raises amplitude (free below its upper bound 1.1),
     w[0] and w[1] (across their upper bounds 0.05 and 0.02) and lowers rate (across its lower
@@ -58,7 +58,7 @@ def _base_spec(subject: str):
     if kind == "numerics":
         return _numerics_spec()
     if kind == "bounded":
-        return _bounded_spec(name)
+        return boxed_decay_spec(name)
     if kind == "example":
         return gradforge.load_project(example_path(name))
     return random_project(int(name), precision="float32" if int(name) % 2 == 0 else "float64")
@@ -136,7 +136,7 @@ def test_bounded_subjects_step_across_their_bounds(subject):
 def test_reference_projection_keeps_nan():
     """The clip compares, as every backend's does: a NaN step stays NaN (so a trainer still
     stops with non_finite), and infinities are clipped onto finite bounds."""
-    reference = Reference(_bounded_spec("sgd"))
+    reference = Reference(boxed_decay_spec("sgd"))
     nan, inf = float("nan"), float("inf")
     step = reference.step_mp([1.0, 0.0, 0.0, 0.0], [nan, -inf, -inf, inf])
     assert str(step[0]) == "nan"

@@ -25,6 +25,7 @@ from gradforge.verification import TOLERANCE, compare, make_cases
 from gradforge.writer import MARKER
 
 from conftest import examples_for, ROOT, example_path, require_tool
+from test_conformance import boxed_decay_spec
 
 EXAMPLES_DIR = ROOT / "examples"
 
@@ -586,19 +587,6 @@ for row in [a, b, c, shaped.flat] {
     print(row.map { "\\($0)" }.joined(separator: " "))
 }
 """
-
-
-def boxed_decay_spec(optimizer: str = "sgd"):
-    """decay's model in a box one step crosses (tests/test_conformance.py's bounded subject)."""
-    return gradforge.ProjectSpec.create(
-        name="boxed_decay",
-        parameters={"amplitude": {"init": 1.0, "upper": 1.1},
-                    "rate": {"init": 0.1, "lower": 0.0},
-                    "w": {"shape": [2], "init": [0.0, 0.0], "lower": [-0.05, -4.0],
-                          "upper": [0.05, 0.02]}},
-        inputs={"t": {"range": [0.0, 2.0]}}, targets={"y": {"range": [1.0, 2.5]}},
-        prediction="amplitude*exp(-rate*t) + w[0] + w[1]*t", loss="(prediction - y)**2",
-        reduction="mean", training={"optimizer": optimizer, "learning_rate": 0.1})
 
 
 @pytest.mark.toolchain
