@@ -41,6 +41,7 @@ sys.path[:0] = [str(ROOT / "core"), str(ROOT / "plugins"), str(ROOT / "tests")]
 import gradforge  # noqa: E402
 from gradforge.project import TrainingSpec, load_project  # noqa: E402
 from gradforge_numpy.plugin import load_module  # noqa: E402
+from lp_optima import hinge_l1_optimum, l1_optimum  # noqa: E402
 
 TOLERANCE = 1e-6
 
@@ -219,30 +220,9 @@ def random_models(count: int, samples: int):
         yield f"random{seed}: {shape}", spec, {"x": x, "z": z, "y": y}
 
 
-def l1_program(cost, rows, bound_rows, p):
-    """min cost·v subject to the rows (sparse, ≤ bounds), v = (w free, then slacks ≥ 0)."""
-    from scipy.sparse import vstack
-    res = so.linprog(cost, A_ub=vstack(rows).tocsr(), b_ub=bound_rows,
-                     bounds=[(None, None)] * p + [(0, None)] * (len(cost) - p), method="highs")
-    assert res.status == 0, res.message
-    return float(res.fun)
-
-
-def trend_exact(data) -> float:
-    """The story's model is an L1 regression on (x², x, 1): its optimum by linear programming."""
-    from scipy.sparse import eye, hstack, csr_matrix
-    x, y = data["x"], data["y"]
-    design = csr_matrix(np.stack([x ** 2, x, np.ones(len(x))], axis=1))
-    n = len(x)
-    cost = np.r_[np.zeros(3), np.ones(n) / n]
-    return l1_program(cost, [hstack([design, -eye(n)]), hstack([-design, -eye(n)])],
-                      np.r_[y, -y], 3)
-
-
 def nonsmooth_models(count: int, samples: int):
     """Linear models whose objective has kinks, with the optimum linear programming certifies:
     L1 regression (abs loss) and a sparse linear SVM (hinge loss + 0.01·Σ|w|)."""
-    from scipy.sparse import eye, hstack, csr_matrix
     for seed in range(count):
         gen = np.random.default_rng(100 + seed)
         p = 4 + 2 * seed
@@ -250,25 +230,16 @@ def nonsmooth_models(count: int, samples: int):
         x = gen.normal(size=(samples, p))
         truth = gen.normal(size=p)
         prediction = " + ".join(f"{w}*x[{j}]" for j, w in enumerate(names))
-        design = csr_matrix(x)
-        n = samples
         if seed % 2 == 0:
-            y = x @ truth + gen.standard_t(3, size=n)
+            y = x @ truth + gen.standard_t(3, size=samples)
             model = {"loss": "abs(prediction - y)"}
-            cost = np.r_[np.zeros(p), np.ones(n) / n]
-            exact = l1_program(cost, [hstack([design, -eye(n)]), hstack([-design, -eye(n)])],
-                               np.r_[y, -y], p)
+            exact = l1_optimum(x, y)[0]
             label = f"l1 regression, {p} weights"
         else:
-            y = np.sign(x @ truth + 0.5 * gen.normal(size=n))
+            y = np.sign(x @ truth + 0.5 * gen.normal(size=samples))
             model = {"loss": "max(0, 1 - y*prediction)",
                      "regularization": " + ".join(f"0.01*abs({w})" for w in names)}
-            cost = np.r_[np.zeros(p), np.ones(n) / n, np.full(p, 0.01)]
-            margins = hstack([csr_matrix(-y[:, None] * x), -eye(n), csr_matrix((n, p))])
-            above = hstack([eye(p), csr_matrix((p, n)), -eye(p)])
-            below = hstack([-eye(p), csr_matrix((p, n)), -eye(p)])
-            exact = l1_program(cost, [margins, above, below],
-                               np.r_[-np.ones(n), np.zeros(2 * p)], p)
+            exact = hinge_l1_optimum(x, y, 0.01)
             label = f"sparse svm, {p} weights"
         spec = gradforge.ProjectSpec.create(
             name=f"kink{seed}", parameters={w: 0.0 for w in names},
@@ -295,7 +266,10 @@ def main() -> None:
             squares = name == "decay"
             extra = {}
             if name == "trend":     # certified optimum; the Adam the example used before lbfgs
-                extra = {"exact": trend_exact(data), "first_order_spec": with_training(
+                x = data["x"]       # an L1 regression on (x², x, 1): certified by LP
+                extra = {"exact": l1_optimum(np.stack([x ** 2, x, np.ones(len(x))], axis=1),
+                                             data["y"])[0],
+                         "first_order_spec": with_training(
                     spec, optimizer="adam", learning_rate=0.05, epochs=200, batch_size=16,
                     seed=7)}
             rows += run_model(f"{name} (n={len(next(iter(data.values())))})", spec, data, folder,

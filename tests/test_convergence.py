@@ -15,6 +15,7 @@ from gradforge.errors import ProjectError
 from gradforge.project import TrainingSpec, load_project
 
 from conftest import example_path
+from lp_optima import hinge_l1_optimum, l1_optimum
 from test_numpy_api import load, read_csv
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
@@ -68,17 +69,6 @@ def test_lbfgs_reaches_scipys_optimum_on_the_examples(tmp_path, name):
     assert report.passes <= 1.2 * want.nfev, (report, want.nfev)
 
 
-def l1_optimum(design, y):
-    """min over w of mean |design·w − y|, solved exactly as a linear program (HiGHS)."""
-    n, p = design.shape
-    lp = scipy_optimize.linprog(np.r_[np.zeros(p), np.ones(2 * n)] / n,
-                                A_eq=np.hstack([design, np.eye(n), -np.eye(n)]), b_eq=y,
-                                bounds=[(None, None)] * p + [(0, None)] * (2 * n),
-                                method="highs")
-    assert lp.status == 0
-    return lp.fun, lp.x[:p]
-
-
 def test_trend_lbfgs_reaches_the_l1_optimum(tmp_path):
     """The story's model (mean absolute error, not smooth): L-BFGS from the project's start,
     with the default stopping rules, reaches the optimum that linear programming (an exact
@@ -106,21 +96,6 @@ def test_trend_lbfgs_reaches_the_l1_optimum(tmp_path):
                                                 precision="float32"))
     report32 = single.train(single.init_params(), data)
     assert report32.converged and report32.objective <= best * (1 + 1e-5), (report32, best)
-
-
-def hinge_l1_optimum(x, y, penalty):
-    """min over w of mean max(0, 1 − y·(x·w)) + penalty·Σ|w_j| (a sparse linear SVM), solved
-    exactly as a linear program: slacks ξ ≥ 1 − y·(x·w), ξ ≥ 0, and u ≥ |w|."""
-    n, p = x.shape
-    cost = np.r_[np.zeros(p), np.ones(n) / n, np.full(p, penalty)]
-    margins = np.hstack([-y[:, None] * x, -np.eye(n), np.zeros((n, p))])
-    above = np.hstack([np.eye(p), np.zeros((p, n)), -np.eye(p)])
-    below = np.hstack([-np.eye(p), np.zeros((p, n)), -np.eye(p)])
-    lp = scipy_optimize.linprog(cost, A_ub=np.vstack([margins, above, below]),
-                                b_ub=np.r_[-np.ones(n), np.zeros(2 * p)],
-                                bounds=[(None, None)] * p + [(0, None)] * (n + p), method="highs")
-    assert lp.status == 0
-    return lp.fun
 
 
 def random_nonsmooth(seed: int):
